@@ -1,0 +1,2 @@
+from vault import create_app
+app = create_app()

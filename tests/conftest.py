@@ -1,0 +1,130 @@
+"""Shared fixtures: ``app``, ``client``, ``runner``, ``db`` and database servers.
+
+Web tests run on a throwaway SQLite file; tests that care about PostgreSQL (locking,
+migrations, the store) ask for ``postgres_url``, which creates and drops a database of its
+own on the server at ``VAULT_TEST_DATABASE_URL`` (default 127.0.0.1:5432). Without a server
+those tests skip, except under ``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+
+from vault import create_app
+from vault.extensions import db as _db
+
+TEST_ENCRYPTION_SECRET = "test-encryption-secret-0123456789abcdef"
+TEST_SECRET_KEY = "test-session-secret-key-0123456789abcdef"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_admin_url() -> URL:
+    url = make_url(os.environ.get("VAULT_TEST_DATABASE_URL", DEFAULT_POSTGRES_URL))
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> URL:
+    """URL of a reachable PostgreSQL server to create test databases on."""
+    url = _postgres_admin_url()
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as error:  # noqa: BLE001 - any failure means "no server"
+        message = f"PostgreSQL at {url.render_as_string()} is not answering: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true requires it)")
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: URL) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"tokenvault_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """A fresh SQLite database file for one test."""
+    return f"sqlite:///{tmp_path / 'vault.db'}"
+
+
+@pytest.fixture
+def database_url(request, tmp_path) -> str:
+    """SQLite by default; parametrize indirectly with "postgresql" for a real server."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue("sqlite_url")
+
+
+@pytest.fixture
+def providers_file(tmp_path):
+    """An empty providers file the test may rewrite before asking for ``app``."""
+    path = tmp_path / "providers.toml"
+    path.write_text("", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def app_config(database_url, providers_file) -> dict:
+    """The test configuration; a test may change it before asking for ``app``."""
+    return {
+        "TESTING": True,
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "ENCRYPTION_SECRET": TEST_ENCRYPTION_SECRET,
+        "ENCRYPTION_SECRET_PREVIOUS": "",
+        "DATABASE_URL": database_url,
+        "VAULT_PROVIDERS_FILE": str(providers_file),
+    }
+
+
+@pytest.fixture
+def app(app_config):
+    """An application with its schema created, inside an app context."""
+    application = create_app(app_config)
+    with application.app_context():
+        _db.create_all()
+        yield application
+        _db.session.remove()
+        _db.drop_all()
+        _db.engine.dispose()
+
+
+@pytest.fixture
+def db(app):
+    """The Flask-SQLAlchemy extension, bound to ``app``."""
+    return _db
+
+
+@pytest.fixture
+def client(app):
+    """A test client for ``app``."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """A CLI runner for ``app``."""
+    return app.test_cli_runner()

@@ -1,0 +1,232 @@
+"""Database models (SQLAlchemy 2 typed declarative).
+
+Every timestamp is a timezone-aware UTC ``datetime``; no column anywhere holds a plaintext
+secret (tokens live in ``tokens.ciphertext``, service keys and passwords only as hashes).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores no zone; PostgreSQL does)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where an aware UTC datetime is required")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    # One registry carrying both, since Flask-SQLAlchemy subclasses this base.
+    registry = registry(
+        metadata=MetaData(naming_convention=NAMING_CONVENTION),
+        type_annotation_map={datetime: UTCDateTime()},
+    )
+
+
+class Role(str, enum.Enum):
+    ADMIN = "admin"
+    VIEWER = "viewer"
+
+
+class ConnectionStatus(str, enum.Enum):
+    ACTIVE = "active"
+    NEEDS_RECONNECT = "needs_reconnect"
+    ERROR = "error"
+    DISCONNECTED = "disconnected"
+
+
+class TokenKind(str, enum.Enum):
+    ACCESS = "access"
+    REFRESH = "refresh"
+    ID = "id"
+    API_KEY = "api_key"
+    API_SECRET = "api_secret"
+
+
+def _one_of(column: str, enum_type: type[enum.Enum]) -> str:
+    values = ", ".join(f"'{member.value}'" for member in enum_type)
+    return f"{column} IN ({values})"
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class User(TimestampMixin, Base):
+    """A member of staff who signs in to the dashboard."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_one_of("role", Role), name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=Role.VIEWER.value)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    must_change_password: Mapped[bool] = mapped_column(default=False)
+    last_login_at: Mapped[datetime | None]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN.value
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.email} {self.role}>"
+
+
+class Connection(TimestampMixin, Base):
+    """One connected account at one provider."""
+
+    __tablename__ = "connections"
+    __table_args__ = (
+        UniqueConstraint("provider", "account_subject"),
+        CheckConstraint(_one_of("status", ConnectionStatus), name="status"),
+        Index(None, "status", "next_refresh_at"),
+        Index(None, "provider", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    account_subject: Mapped[str] = mapped_column(String(255))
+    account_email: Mapped[str | None] = mapped_column(String(320), index=True)
+    account_name: Mapped[str | None] = mapped_column(String(255))
+    scopes_requested: Mapped[str] = mapped_column(Text, default="")
+    scopes_granted: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(20), default=ConnectionStatus.ACTIVE.value)
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    last_refreshed_at: Mapped[datetime | None]
+    next_refresh_at: Mapped[datetime | None]
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    created_by: Mapped[User | None] = relationship()
+    tokens: Mapped[list[Token]] = relationship(
+        back_populates="connection", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def aad(self, kind: str) -> bytes:
+        """Associated data binding a stored value to this connection and token kind."""
+        return f"connection:{self.id}:{kind}".encode()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.provider}:{self.account_subject} {self.status}>"
+
+
+class Token(Base):
+    """One encrypted value of one kind for one connection."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "kind"),
+        CheckConstraint(_one_of("kind", TokenKind), name="kind"),
+        Index(None, "kind", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(8), index=True)
+    expires_at: Mapped[datetime | None]
+    is_valid: Mapped[bool] = mapped_column(default=True)
+    last_refreshed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    connection: Mapped[Connection] = relationship(back_populates="tokens")
+
+    def __repr__(self) -> str:  # never the ciphertext
+        return f"<Token {self.id} connection={self.connection_id} kind={self.kind}>"
+
+
+class ServiceKey(Base):
+    """An API key an integration uses to fetch access tokens; only its hash is stored."""
+
+    __tablename__ = "service_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    allowed_providers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"<ServiceKey {self.id} {self.name}>"
+
+
+class AuditEvent(Base):
+    """Who did what, to what, when, from where, and how it went. Never holds a secret."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "action", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(320))
+    actor_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(320))
+    connection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("connections.id", ondelete="SET NULL"), index=True
+    )
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"<AuditEvent {self.id} {self.action} {self.outcome}>"

@@ -1,0 +1,237 @@
+"""Provider registry: the TOML providers file, ``${ENV}`` interpolation and presets.
+
+Every error names the file, the provider and the key, so an operator can fix it at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from vault.config import ConfigError
+
+OAUTH_TYPES = ("oidc", "oauth2")
+PROVIDER_TYPES = (*OAUTH_TYPES, "api_key")
+_KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# What each preset fills in; the providers file may override any of it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "google": {
+        "title": "Google",
+        "type": "oidc",
+        "server_metadata_url": "https://accounts.google.com/.well-known/openid-configuration",
+        "revocation_endpoint": "https://oauth2.googleapis.com/revoke",
+        "authorize_params": {
+            "access_type": "offline",
+            "prompt": "consent",
+            "include_granted_scopes": "true",
+        },
+        "scope": "openid email profile",
+        "offline_access": True,
+    },
+    "microsoft": {
+        "title": "Microsoft",
+        "type": "oidc",
+        "server_metadata_url": (
+            "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration"
+        ),
+        "scope": "openid email profile offline_access",
+        "offline_access": True,
+    },
+    "github": {
+        "title": "GitHub",
+        "type": "oauth2",
+        "authorize_url": "https://github.com/login/oauth/authorize",
+        "token_url": "https://github.com/login/oauth/access_token",
+        "userinfo_url": "https://api.github.com/user",
+        "scope": "read:user user:email",
+    },
+    "slack": {
+        "title": "Slack",
+        "type": "oidc",
+        "server_metadata_url": "https://slack.com/.well-known/openid-configuration",
+        "scope": "openid email profile",
+    },
+    "oidc": {"type": "oidc", "scope": "openid email profile"},
+    "oauth2": {"type": "oauth2"},
+    "voicenter": {
+        "title": "Voicenter",
+        "type": "api_key",
+        "fields": {"api_key": "API token"},
+    },
+    "greeninvoice": {
+        "title": "GreenInvoice (Morning)",
+        "type": "api_key",
+        "fields": {"api_key": "API key id", "api_secret": "API key secret"},
+        "token_url": "https://api.greeninvoice.co.il/api/v1/account/token",
+    },
+    "whatsapp": {
+        "title": "WhatsApp Business",
+        "type": "api_key",
+        "fields": {"api_key": "System-user access token"},
+        "expiry_field": True,
+    },
+    "api_key": {"type": "api_key", "fields": {"api_key": "API key"}},
+}
+
+_ALLOWED_KEYS = {
+    "preset", "title", "type", "client_id", "client_secret", "scope", "server_metadata_url",
+    "authorize_url", "token_url", "userinfo_url", "revocation_endpoint", "authorize_params",
+    "token_endpoint_auth_method", "offline_access", "fields", "expiry_field", "staff_login",
+    "allowed_domains", "auto_create_role",
+}
+_URL_KEYS = (
+    "server_metadata_url", "authorize_url", "token_url", "userinfo_url", "revocation_endpoint",
+)
+_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One configured provider, presets applied and values checked."""
+
+    key: str
+    title: str
+    type: str
+    preset: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    scope: str = ""
+    server_metadata_url: str | None = None
+    authorize_url: str | None = None
+    token_url: str | None = None
+    userinfo_url: str | None = None
+    revocation_endpoint: str | None = None
+    authorize_params: Mapping[str, str] = field(default_factory=dict)
+    token_endpoint_auth_method: str = "client_secret_basic"
+    offline_access: bool = False
+    fields: Mapping[str, str] = field(default_factory=dict)
+    expiry_field: bool = False
+    staff_login: bool = False
+    allowed_domains: tuple[str, ...] = ()
+    auto_create_role: str | None = None
+
+    @property
+    def is_oauth(self) -> bool:
+        return self.type in OAUTH_TYPES
+
+
+class ProviderRegistry:
+    """The configured providers by key, in file order."""
+
+    def __init__(self, providers: list[Provider] | None = None, source: str | None = None):
+        self._providers = {provider.key: provider for provider in providers or []}
+        self.source = source
+
+    def __iter__(self):
+        return iter(self._providers.values())
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._providers
+
+    def get(self, key: str) -> Provider | None:
+        """The provider with this key, or None."""
+        return self._providers.get(key)
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, *, required: bool, environ: Mapping[str, str] | None = None
+    ) -> ProviderRegistry:
+        """Load and check a providers file; a missing optional file means no providers."""
+        path = Path(path)
+        if not path.exists() and not required:
+            return cls([], source=str(path))
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(
+                f"providers file {path} cannot be read ({error.strerror}); "
+                "set VAULT_PROVIDERS_FILE to a readable TOML file"
+            ) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"providers file {path} is not valid TOML: {error}") from None
+        environ = os.environ if environ is None else environ
+        providers = [
+            _build_provider(path, key, table, environ) for key, table in document.items()
+        ]
+        return cls(providers, source=str(path))
+
+
+def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]) -> Provider:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"providers file {path}: [{key}] {message}")
+
+    if not isinstance(table, dict):
+        raise fail("must be a table, e.g. [" + key + "] with preset = \"google\"")
+    if not _KEY_PATTERN.match(key):
+        raise fail("provider key must be lower-case letters, digits, '-' or '_'")
+    unknown = sorted(set(table) - _ALLOWED_KEYS)
+    if unknown:
+        raise fail(f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_ALLOWED_KEYS))}")
+    values = _interpolate(table, environ, fail)
+    preset_name = values.get("preset")
+    if preset_name is not None and preset_name not in PRESETS:
+        raise fail(f"preset: unknown preset {preset_name!r}; known: {', '.join(PRESETS)}")
+    merged = {**PRESETS.get(preset_name or "", {}), **values}
+    merged.setdefault("title", key.replace("_", " ").title())
+    provider_type = merged.get("type")
+    if provider_type not in PROVIDER_TYPES:
+        raise fail(f"type: must be one of {', '.join(PROVIDER_TYPES)} (or set a preset)")
+    if provider_type in OAUTH_TYPES:
+        for required in ("client_id", "client_secret"):
+            if not merged.get(required):
+                raise fail(f"{required}: missing; OAuth providers need a client id and secret")
+        if provider_type == "oidc" and not merged.get("server_metadata_url"):
+            raise fail("server_metadata_url: missing; OIDC providers need their discovery URL")
+        if provider_type == "oauth2":
+            for required in ("authorize_url", "token_url"):
+                if not merged.get(required):
+                    raise fail(f"{required}: missing; plain OAuth 2.0 providers need it")
+    for url_key in _URL_KEYS:
+        if merged.get(url_key) is not None and not _is_url(merged[url_key]):
+            raise fail(f"{url_key}: {merged[url_key]!r} is not an http(s) URL")
+    method = merged.get("token_endpoint_auth_method", "client_secret_basic")
+    if method not in _AUTH_METHODS:
+        raise fail(f"token_endpoint_auth_method: must be one of {', '.join(_AUTH_METHODS)}")
+    if merged.get("auto_create_role") not in (None, "admin", "viewer"):
+        raise fail("auto_create_role: must be 'admin' or 'viewer'")
+    merged["allowed_domains"] = tuple(d.lower() for d in merged.get("allowed_domains", ()))
+    if merged.get("staff_login") and provider_type != "oidc":
+        raise fail("staff_login: only OpenID Connect providers can sign staff in")
+    if merged.get("staff_login") and not merged["allowed_domains"]:
+        raise fail("allowed_domains: staff_login needs at least one allowed e-mail domain")
+    return Provider(key=key, **merged)
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], fail) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise fail(f"refers to ${{{name}}}, but environment variable {name} is not set")
+            return environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, environ, fail) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, environ, fail) for v in value]
+    return value
+
+
+def _is_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

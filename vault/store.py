@@ -1,0 +1,265 @@
+"""The TokenVault service: the only code that encrypts or decrypts stored values.
+
+Methods add to and flush the current SQLAlchemy session but never commit: the caller owns
+the transaction, so a refresh can store a new access token and a rotated refresh token
+together, or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from flask import Flask, current_app
+from sqlalchemy import and_, delete, or_, select, update
+
+from vault.crypto import DecryptionError, TokenCipher
+from vault.extensions import db
+from vault.models import Connection, ConnectionStatus, Token, TokenKind, utcnow
+
+__all__ = [
+    "AccessToken",
+    "NeedsReconnect",
+    "Refresher",
+    "TokenUnavailable",
+    "TokenVault",
+    "token_vault",
+]
+
+MAX_ERROR_LENGTH = 500
+
+
+class TokenUnavailable(Exception):
+    """No usable access token can be handed out right now (expired, or none stored)."""
+
+
+class NeedsReconnect(TokenUnavailable):
+    """The connection's grant is gone; a person must connect the account again."""
+
+
+class Refresher(Protocol):
+    """The seam the refresh engine plugs into (``vault.refresh``).
+
+    ``refresh(connection)`` obtains new tokens from the provider, stores them through the
+    vault and commits, or raises :class:`TokenUnavailable` / :class:`NeedsReconnect`.
+    """
+
+    def refresh(self, connection: Connection) -> None: ...
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An access token as handed to an integration."""
+
+    value: str
+    token_type: str
+    expires_at: datetime | None
+
+    def __repr__(self) -> str:  # never the token itself
+        return f"<AccessToken ...{self.value[-4:]} expires_at={self.expires_at}>"
+
+
+class TokenVault:
+    """Stores, reads and finds encrypted tokens; bound to an app with :meth:`init_app`."""
+
+    def __init__(self, app: Flask | None = None, *, clock: Callable[[], datetime] = utcnow):
+        self.clock = clock
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, *, refresher: Refresher | None = None) -> None:
+        """Build the cipher from the app's secrets (checked here) and register the service."""
+        cipher = TokenCipher(
+            app.config["ENCRYPTION_SECRET"], previous=app.config["ENCRYPTION_SECRET_PREVIOUS"]
+        )
+        app.extensions["token_vault"] = _AppState(cipher=cipher, refresher=refresher)
+
+    @property
+    def _state(self) -> _AppState:
+        return current_app.extensions["token_vault"]
+
+    @property
+    def cipher(self) -> TokenCipher:
+        """The current app's cipher."""
+        return self._state.cipher
+
+    def set_refresher(self, refresher: Refresher | None, app: Flask | None = None) -> None:
+        """Plug in (or remove) the refresh engine for an app."""
+        (app or current_app).extensions["token_vault"].refresher = refresher
+
+    # -- writing -----------------------------------------------------------------------
+
+    def store(
+        self,
+        connection: Connection,
+        kind: TokenKind | str,
+        value: str,
+        *,
+        expires_at: datetime | None = None,
+    ) -> Token:
+        """Encrypt ``value`` as the connection's token of ``kind``, replacing any old one."""
+        kind = TokenKind(kind).value
+        if not value:
+            raise ValueError(f"refusing to store an empty {kind} token")
+        if connection.id is None:
+            db.session.add(connection)
+            db.session.flush()
+        now = self.clock()
+        token = db.session.scalar(
+            select(Token).where(Token.connection_id == connection.id, Token.kind == kind)
+        )
+        if token is None:
+            token = Token(connection_id=connection.id, kind=kind)
+            db.session.add(token)
+        token.ciphertext = self.cipher.encrypt(value, aad=connection.aad(kind))
+        token.key_id = self.cipher.current_key_id
+        token.expires_at = expires_at
+        token.is_valid = True
+        token.last_refreshed_at = now
+        db.session.flush()
+        return token
+
+    def mark_invalid(
+        self,
+        connection: Connection,
+        reason: str,
+        *,
+        status: ConnectionStatus = ConnectionStatus.NEEDS_RECONNECT,
+    ) -> None:
+        """Flag the connection (default: needs reconnect) and its tokens as unusable."""
+        connection.status = ConnectionStatus(status).value
+        connection.last_error = sanitize_error(reason)
+        connection.next_refresh_at = None
+        db.session.execute(
+            update(Token).where(Token.connection_id == connection.id).values(is_valid=False)
+        )
+        db.session.flush()
+
+    def delete(self, connection: Connection, kinds: Iterable[TokenKind | str] | None = None) -> int:
+        """Delete the connection's stored values (all kinds unless given); returns how many."""
+        statement = delete(Token).where(Token.connection_id == connection.id)
+        if kinds is not None:
+            statement = statement.where(Token.kind.in_([TokenKind(k).value for k in kinds]))
+        deleted = db.session.execute(statement).rowcount
+        db.session.expire(connection, ["tokens"])
+        return deleted
+
+    # -- reading -----------------------------------------------------------------------
+
+    def token(self, connection: Connection, kind: TokenKind | str) -> Token | None:
+        """The stored (encrypted) row of one kind, or None."""
+        return db.session.scalar(
+            select(Token).where(
+                Token.connection_id == connection.id, Token.kind == TokenKind(kind).value
+            )
+        )
+
+    def get(self, connection: Connection, kind: TokenKind | str) -> str | None:
+        """Decrypt the connection's token of ``kind``; None when there is none.
+
+        Raises :class:`~vault.crypto.DecryptionError` when the stored value is undecryptable.
+        """
+        token = self.token(connection, kind)
+        return None if token is None else self.decrypt(token)
+
+    def decrypt(self, token: Token) -> str:
+        """Decrypt one token row, checking it belongs to its connection and kind."""
+        return self.cipher.decrypt(
+            token.ciphertext, aad=f"connection:{token.connection_id}:{token.kind}".encode()
+        )
+
+    def get_access_token(
+        self, connection: Connection, buffer: timedelta | int | None = None
+    ) -> AccessToken:
+        """A usable access token, refreshed first when it expires within ``buffer``.
+
+        ``buffer`` defaults to ``VAULT_REFRESH_BUFFER_SECONDS``. A token whose expiry is
+        unknown is handed out as it is. Raises :class:`NeedsReconnect` or
+        :class:`TokenUnavailable` when no usable token can be had.
+        """
+        if buffer is None:
+            buffer = current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
+        if not isinstance(buffer, timedelta):
+            buffer = timedelta(seconds=buffer)
+        if connection.status == ConnectionStatus.NEEDS_RECONNECT.value:
+            raise NeedsReconnect(connection.last_error or "the account must be connected again")
+        if connection.status == ConnectionStatus.DISCONNECTED.value:
+            raise TokenUnavailable("the connection is disconnected")
+
+        token = self.token(connection, TokenKind.ACCESS)
+        if self._needs_refresh(token, buffer):
+            refresher = self._state.refresher
+            if refresher is not None:
+                refresher.refresh(connection)
+                db.session.refresh(connection)
+                token = self.token(connection, TokenKind.ACCESS)
+        if token is None or not token.is_valid:
+            raise TokenUnavailable("no valid access token is stored")
+        if token.expires_at is not None and token.expires_at <= self.clock():
+            raise TokenUnavailable("the access token has expired and could not be refreshed")
+        return AccessToken(
+            value=self.decrypt(token), token_type="Bearer", expires_at=token.expires_at
+        )
+
+    def _needs_refresh(self, token: Token | None, buffer: timedelta) -> bool:
+        if token is None or not token.is_valid:
+            return True
+        return token.expires_at is not None and token.expires_at <= self.clock() + buffer
+
+    def find_expiring(
+        self, within: timedelta | int, *, limit: int | None = None
+    ) -> list[Connection]:
+        """Active connections whose access token expires within ``within``, soonest first.
+
+        Connections in back-off (``next_refresh_at`` in the future) are left out, and so are
+        those with no refresh token and no API credentials, which nothing could refresh.
+        """
+        if not isinstance(within, timedelta):
+            within = timedelta(seconds=within)
+        now = self.clock()
+        access = Token.__table__.alias("access")
+        renewable = (
+            select(Token.id)
+            .where(
+                Token.connection_id == Connection.id,
+                Token.kind.in_([TokenKind.REFRESH.value, TokenKind.API_SECRET.value]),
+            )
+            .exists()
+        )
+        statement = (
+            select(Connection)
+            .join(
+                access,
+                and_(access.c.connection_id == Connection.id, access.c.kind == TokenKind.ACCESS.value),
+            )
+            .where(
+                Connection.status == ConnectionStatus.ACTIVE.value,
+                access.c.expires_at <= now + within,
+                or_(Connection.next_refresh_at.is_(None), Connection.next_refresh_at <= now),
+                renewable,
+            )
+            .order_by(access.c.expires_at, Connection.id)
+        )
+        if limit is not None:
+            statement = statement.limit(limit)
+        return list(db.session.scalars(statement))
+
+
+@dataclass
+class _AppState:
+    cipher: TokenCipher
+    refresher: Refresher | None
+
+
+def sanitize_error(reason: str) -> str:
+    """A short, single-line error text safe to store and show (the caller strips secrets)."""
+    text = " ".join(str(reason).split())
+    return text[:MAX_ERROR_LENGTH]
+
+
+token_vault = TokenVault()
+
+# DecryptionError is part of this module's vocabulary for callers of get()/decrypt().
+__all__ += ["DecryptionError"]

@@ -1,0 +1,1 @@
+"""Web blueprints: one module per blueprint, each with its forms."""
