@@ -61,10 +61,12 @@ def register_logging(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     """Bind the extensions and services to this app."""
+    from vault.database import configure_engine
     from vault.extensions import csrf, db, limiter, login_manager, migrate
     from vault.store import token_vault
 
     db.init_app(app)
+    configure_engine(app)
     migrate.init_app(app, db, directory=os.path.join(PROJECT_ROOT, "migrations"))
     csrf.init_app(app)
     login_manager.init_app(app)

@@ -71,7 +71,8 @@ class _Key:
         # The master key is already uniformly random (scrypt output), so HKDF's extract step
         # is skipped as RFC 5869 section 3.3 allows; the per-value salt goes in the info.
         block = master_key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        # The inner hash also absorbs the constant label up front; only salt|0x01 varies.
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block) + _SUBKEY_INFO)
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         self.key_id = hmac.digest(master_key, _KEY_ID_INFO, "sha256")[:_KEY_ID_LENGTH]
         self.header_prefix = bytes([FORMAT_VERSION]) + self.key_id
@@ -79,7 +80,7 @@ class _Key:
     def subkey(self, salt: bytes) -> AESGCM:
         """HKDF-SHA256-Expand(master, info=label|salt, L=32) as an AES-256-GCM cipher."""
         inner = self._inner.copy()
-        inner.update(_SUBKEY_INFO + salt + b"\x01")
+        inner.update(salt + b"\x01")
         outer = self._outer.copy()
         outer.update(inner.digest())
         return AESGCM(outer.digest())
