@@ -24,7 +24,12 @@ run: $(VENV)/.runtime-installed
 	$(FLASK) users create-first-admin
 	$(FLASK) run --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev-installed
+# The end-to-end tests' OpenID Connect provider (node-oidc-provider, from npm).
+E2E_PROVIDER := tests/e2e/oidc_provider
+$(E2E_PROVIDER)/node_modules/.package-lock.json: $(E2E_PROVIDER)/package.json $(E2E_PROVIDER)/package-lock.json
+	npm ci --prefix $(E2E_PROVIDER) --no-audit --no-fund --loglevel=error
+
+test: $(VENV)/.dev-installed $(E2E_PROVIDER)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev-installed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["crypto"]
+BENCHMARKS = ["crypto", "rotation"]
 
 
 def main(argv: list[str]) -> int:

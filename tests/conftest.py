@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
+from flask.testing import FlaskClient
+
 from vault import create_app
 from vault.extensions import db as _db
 
@@ -100,16 +102,51 @@ def app_config(database_url, providers_file) -> dict:
     }
 
 
+class RequestIsolatingClient(FlaskClient):
+    """Runs each request in an app context of its own, as a real server does.
+
+    Without this, requests reuse the test's app context, so ``g`` (and Flask-WTF's cached
+    CSRF token, and the database session) would leak from one request into the next.
+    """
+
+    def open(self, *args, **kwargs):
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
 @pytest.fixture
 def app(app_config):
     """An application with its schema created, inside an app context."""
     application = create_app(app_config)
+    application.test_client_class = RequestIsolatingClient
     with application.app_context():
         _db.create_all()
         yield application
         _db.session.remove()
         _db.drop_all()
         _db.engine.dispose()
+
+
+@pytest.fixture
+def make_app(app_config):
+    """``make_app(**changes)``: another app on the same database (other secrets, settings).
+
+    Its engine is disposed after the test; ask for it after ``app`` so that happens before
+    ``app`` drops the schema.
+    """
+    made = []
+
+    def build(**changes):
+        application = create_app({**app_config, **changes})
+        application.test_client_class = RequestIsolatingClient
+        made.append(application)
+        return application
+
+    yield build
+    for application in made:
+        with application.app_context():
+            _db.session.remove()
+            _db.engine.dispose()
 
 
 @pytest.fixture
@@ -128,3 +165,67 @@ def client(app):
 def runner(app):
     """A CLI runner for ``app``."""
     return app.test_cli_runner()
+
+
+# -- staff users and signed-in clients (tests/builders.py has the builders) ------------------
+
+
+@pytest.fixture
+def admin_user(app):
+    """An enabled admin, ``admin@example.com``, with ``builders.DEFAULT_PASSWORD``."""
+    from tests.builders import make_user
+
+    return make_user("admin@example.com", role="admin")
+
+
+@pytest.fixture
+def viewer_user(app):
+    """An enabled viewer, ``viewer@example.com``, with ``builders.DEFAULT_PASSWORD``."""
+    from tests.builders import make_user
+
+    return make_user("viewer@example.com", role="viewer")
+
+
+@pytest.fixture
+def admin_client(app, admin_user):
+    """A test client signed in as ``admin_user`` through the sign-in form."""
+    from tests.builders import login
+
+    signed_in = app.test_client()
+    assert login(signed_in, admin_user.email).status_code == 302
+    return signed_in
+
+
+@pytest.fixture
+def viewer_client(app, viewer_user):
+    """A test client signed in as ``viewer_user`` through the sign-in form."""
+    from tests.builders import login
+
+    signed_in = app.test_client()
+    assert login(signed_in, viewer_user.email).status_code == 302
+    return signed_in
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Rate-limit counters never carry over from one test to the next (whatever the storage)."""
+    yield
+    from vault.extensions import limiter
+
+    if limiter.initialized:
+        limiter.reset()
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap Argon2 parameters in tests (the real ones cost ~0.2 s a hash on a slow machine).
+
+    ``tests/test_auth_passwords.py`` checks that the application itself uses strong ones.
+    """
+    from argon2 import PasswordHasher
+
+    from vault import accounts
+
+    monkeypatch.setattr(
+        accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,10 +27,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     try:
         app.config.update(load_config(app.instance_path, PROJECT_ROOT, config))
         register_providers(app, config)
+        register_logging(app)
+        register_extensions(app)
+        check_encryption_secret(app)
     except ConfigError as error:
         raise SystemExit(f"Token Vault cannot start: {error}") from None
-    register_logging(app)
-    register_extensions(app)
+    register_oauth(app)
+    register_security(app)
+    register_refresh(app)
     register_blueprints(app)
     register_commands(app)
     return app
@@ -50,13 +53,10 @@ def register_providers(app: Flask, overrides: Mapping[str, Any] | None) -> None:
 
 
 def register_logging(app: Flask) -> None:
-    """Scrub credentials from every log record that passes through the root handlers."""
-    from vault.redact import RedactingFilter
+    """Scrub credentials from every log record, whichever logger or handler it goes through."""
+    from vault.redact import install_log_redaction
 
-    redacting = RedactingFilter()
-    for handler in logging.getLogger().handlers + app.logger.handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(redacting)
+    install_log_redaction()
 
 
 def register_extensions(app: Flask) -> None:
@@ -74,15 +74,57 @@ def register_extensions(app: Flask) -> None:
     token_vault.init_app(app)
 
 
+def check_encryption_secret(app: Flask) -> None:
+    """Refuse to start when the stored values were encrypted under other secrets."""
+    from vault.extensions import db
+    from vault.rotation import check_secret_matches_database
+
+    try:
+        check_secret_matches_database(app)
+    except ConfigError:
+        with app.app_context():
+            db.engine.dispose()  # this app will never serve; close what the check opened
+        raise
+
+
+def register_oauth(app: Flask) -> None:
+    """One Authlib client per OAuth provider, flow state kept server-side."""
+    from vault.oauth import init_oauth
+
+    init_oauth(app)
+
+
+def register_security(app: Flask) -> None:
+    """Sign-in required everywhere, CSRF and cross-site checks, security headers, cookies."""
+    from vault.web.security import init_security
+
+    init_security(app)
+
+
+def register_refresh(app: Flask) -> None:
+    """The refresh engine behind ``token_vault.get_access_token`` (DESIGN.md section 6)."""
+    from vault.refresh import register_refresh as install
+
+    install(app)
+
+
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
-    from vault.web import main
+    from vault.web import api, auth, connect, connections, main
 
     app.register_blueprint(main.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(connect.bp)
+    app.register_blueprint(connections.bp)
+    app.register_blueprint(api.bp)
 
 
 def register_commands(app: Flask) -> None:
     """Attach the ``flask`` command groups."""
+    from vault import cli_keys  # noqa: F401 - attaches ``vault rotate-key`` and ``vault verify``
+    from vault import cli_refresh  # noqa: F401 - attaches ``vault refresh-due``
     from vault.cli import register_commands as attach
+    from vault.cli_service_keys import register_commands as attach_service_keys
 
     attach(app)
+    attach_service_keys(app)

@@ -1,16 +1,20 @@
-"""Staff accounts: creation, password hashing (Argon2id) and checking."""
+"""Staff accounts: creation, password hashing (Argon2id), sign-in checks and role changes."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask_login import UserMixin
 from sqlalchemy import func, select
 
 from vault.extensions import db
-from vault.models import Role, User
+from vault.models import Role, User, utcnow
 
 _hasher = PasswordHasher()  # argon2-cffi's defaults follow RFC 9106's recommendations
 MIN_PASSWORD_LENGTH = 12
@@ -24,6 +28,10 @@ def _dummy_hash() -> str:
 
 class AccountError(ValueError):
     """A user could not be created or changed; the message says why."""
+
+
+class SignInError(AccountError):
+    """A sign-in was refused. The message is for the audit log; users see a generic one."""
 
 
 def normalize_email(email: str) -> str:
@@ -84,3 +92,143 @@ def count_users() -> int:
 def generate_password() -> str:
     """A random password for a first account (shown once)."""
     return secrets.token_urlsafe(18)
+
+
+def authenticate(email: str, password: str) -> User:
+    """The enabled user with this e-mail and password; raises :class:`SignInError`.
+
+    The password is checked even for a disabled account, so the answer takes the same time.
+    """
+    user = find_user(email)
+    if not check_password(user, password):
+        raise SignInError("no such account" if user is None else "wrong password")
+    if not user.enabled:
+        raise SignInError("account disabled")
+    return user
+
+
+def change_password(user: User, current: str, new: str) -> None:
+    """Replace the password after checking the current one; clears ``must_change_password``."""
+    if not check_password(user, current):
+        raise AccountError("The current password is not correct.")
+    if new == current:
+        raise AccountError("Choose a password different from the current one.")
+    set_password(user, new)
+    user.must_change_password = False
+
+
+def session_marker(user: User) -> str:
+    """A short fingerprint of the user's password hash, kept in the session.
+
+    A password change alters it, which ends every other session of that user. The hash is
+    salted Argon2 and this is a truncated SHA-256 of it, so the cookie reveals nothing usable.
+    """
+    return hashlib.sha256((user.password_hash or "").encode()).hexdigest()[:16]
+
+
+def note_sign_in(user: User) -> None:
+    """Remember when the user last signed in."""
+    user.last_login_at = utcnow()
+
+
+def set_role(email: str, role: str) -> tuple[User, str]:
+    """Give the user ``role``; returns the user and the previous role."""
+    if role not in {r.value for r in Role}:
+        raise AccountError(f"role must be admin or viewer, not {role!r}")
+    user = _existing_user(email)
+    previous = user.role
+    if previous == Role.ADMIN.value and role != previous:
+        _keep_an_admin(user)
+    user.role = role
+    return user, previous
+
+
+def set_enabled(email: str, enabled: bool) -> tuple[User, bool]:
+    """Enable or disable an account; returns the user and whether it was enabled before.
+
+    A disabled user's sessions end at their next request.
+    """
+    user = _existing_user(email)
+    previous = user.enabled
+    if not enabled and user.is_admin:
+        _keep_an_admin(user)
+    user.enabled = enabled
+    return user, previous
+
+
+def account_for_sso(
+    claims: Mapping[str, Any], allowed_domains: tuple[str, ...], auto_create_role: str | None
+) -> tuple[User, bool]:
+    """The user an identity provider's ID token claims may sign in as, and whether it is new.
+
+    The e-mail must be verified by the provider and in an allowed domain; the account must
+    exist and be enabled, unless ``auto_create_role`` lets a new one be created.
+    """
+    email = normalize_email(str(claims.get("email") or ""))
+    if not email:
+        raise SignInError("the identity provider sent no e-mail address")
+    # Some providers send the boolean as a string.
+    if claims.get("email_verified") not in (True, "true"):
+        raise SignInError(f"the identity provider has not verified {email}")
+    if email.rpartition("@")[2] not in allowed_domains:
+        raise SignInError(f"{email} is not in a domain allowed to sign in here")
+    user = find_user(email)
+    if user is None and auto_create_role:
+        return create_user(email, auto_create_role), True
+    if user is None:
+        raise SignInError(f"there is no account for {email}; ask an administrator")
+    if not user.enabled:
+        raise SignInError(f"the account {email} is disabled")
+    return user, False
+
+
+def _existing_user(email: str) -> User:
+    user = find_user(email)
+    if user is None:
+        raise AccountError(f"there is no user with e-mail {normalize_email(email)}")
+    return user
+
+
+def _keep_an_admin(user: User) -> None:
+    # Demoting or disabling the last enabled admin would lock everyone out of admin actions.
+    others = db.session.scalar(
+        select(func.count(User.id)).where(
+            User.role == Role.ADMIN.value, User.enabled.is_(True), User.id != user.id
+        )
+    )
+    if user.enabled and not others:
+        raise AccountError(f"{user.email} is the last enabled admin; make another admin first")
+
+
+class SignedInUser(UserMixin):
+    """Flask-Login's view of a signed-in staff member; ``user`` is the database row."""
+
+    def __init__(self, user: User):
+        self.user = user
+
+    def get_id(self) -> str:
+        return str(self.user.id)
+
+    @property
+    def is_active(self) -> bool:
+        return self.user.enabled
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+    @property
+    def email(self) -> str:
+        return self.user.email
+
+    @property
+    def role(self) -> str:
+        return self.user.role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.is_admin
+
+    @property
+    def must_change_password(self) -> bool:
+        return self.user.must_change_password

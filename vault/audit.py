@@ -24,9 +24,9 @@ def record(
     ``actor`` defaults to the signed-in user, or ``system`` outside a request. ``detail`` is
     scrubbed of anything shaped like a credential before it is stored.
     """
-    actor_user = actor if isinstance(actor, User) else None
     if actor is None and has_request_context() and current_user.is_authenticated:
-        actor_user = current_user._get_current_object()
+        actor = current_user
+    actor_user = _user_row(actor)
     if actor_user is not None:
         actor_name = actor_user.email
     else:
@@ -43,3 +43,12 @@ def record(
     )
     db.session.add(event)
     return event
+
+
+def _user_row(actor: object) -> User | None:
+    # A User, or Flask-Login's signed-in user (accounts.SignedInUser, perhaps behind the
+    # current_user proxy), whose database row is ``.user``.
+    if isinstance(actor, User):
+        return actor
+    row = getattr(actor, "user", None)
+    return row if isinstance(row, User) else None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 from flask import Flask
 from flask.cli import AppGroup
@@ -23,6 +26,15 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(vault_cli)
 
 
+@contextmanager
+def _reported_as_usage_errors() -> Iterator[None]:
+    # An account the command cannot create or change: say why in one line, exit status 1.
+    try:
+        yield
+    except accounts.AccountError as error:
+        raise click.ClickException(str(error)) from None
+
+
 @users_cli.command("create")
 @click.argument("email")
 @click.option("--role", type=ROLE_CHOICE, required=True, help="admin or viewer")
@@ -31,10 +43,8 @@ def create_user_command(email: str, role: str, password: str | None) -> None:
     """Create a staff account."""
     if password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
+    with _reported_as_usage_errors():
         user = accounts.create_user(email, role, password)
-    except accounts.AccountError as error:
-        raise click.ClickException(str(error)) from None
     audit.record("user.created", target=user.email, actor="cli", detail=f"role={role}")
     db.session.commit()
     click.echo(f"Created {role} {user.email}.")
@@ -62,3 +72,46 @@ def list_users_command() -> None:
     for user in db.session.scalars(select(User).order_by(User.email)):
         state = "enabled" if user.enabled else "disabled"
         click.echo(f"{user.email}\t{user.role}\t{state}")
+
+
+@users_cli.command("set-role")
+@click.argument("email")
+@click.argument("role", type=ROLE_CHOICE)
+def set_role_command(email: str, role: str) -> None:
+    """Make a staff account an admin or a viewer (from its next request on)."""
+    with _reported_as_usage_errors():
+        user, previous = accounts.set_role(email, role)
+    if previous == role:
+        click.echo(f"{user.email} is already {role}.")
+        return
+    audit.record(
+        "user.role_changed", target=user.email, actor="cli", detail=f"{previous} -> {role}"
+    )
+    db.session.commit()
+    click.echo(f"{user.email} is now {role} (was {previous}).")
+
+
+@users_cli.command("disable")
+@click.argument("email")
+def disable_user_command(email: str) -> None:
+    """Disable a staff account; its sessions end at their next request."""
+    _set_enabled(email, enabled=False)
+
+
+@users_cli.command("enable")
+@click.argument("email")
+def enable_user_command(email: str) -> None:
+    """Enable a disabled staff account again."""
+    _set_enabled(email, enabled=True)
+
+
+def _set_enabled(email: str, *, enabled: bool) -> None:
+    state = "enabled" if enabled else "disabled"
+    with _reported_as_usage_errors():
+        user, was_enabled = accounts.set_enabled(email, enabled)
+    if was_enabled == enabled:
+        click.echo(f"{user.email} is already {state}.")
+        return
+    audit.record(f"user.{state}", target=user.email, actor="cli")
+    db.session.commit()
+    click.echo(f"{user.email} is {state}.")

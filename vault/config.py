@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
@@ -71,6 +72,7 @@ def load_config(
             setting("VAULT_SESSION_MAX_HOURS", 8), "VAULT_SESSION_MAX_HOURS", 1
         ),
         "RATELIMIT_STORAGE_URI": setting("VAULT_RATELIMIT_STORAGE_URI", "memory://"),
+        "VAULT_BASE_URL": _base_url(setting("VAULT_BASE_URL")),
         "VAULT_TRUSTED_PROXIES": _integer(
             setting("VAULT_TRUSTED_PROXIES", 0), "VAULT_TRUSTED_PROXIES", 0
         ),
@@ -116,6 +118,17 @@ def _integer(value: Any, name: str, minimum: int) -> int:
     if number < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {number}")
     return number
+
+
+def _base_url(value: Any) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(str(value))
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"VAULT_BASE_URL must look like https://vault.example.com, got {value!r}"
+        )
+    return str(value).rstrip("/")
 
 
 def database_url(value: str) -> str:

@@ -230,3 +230,17 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"<AuditEvent {self.id} {self.action} {self.outcome}>"
+
+
+class OAuthState(Base):
+    """Server-side data of one OAuth flow in progress (PKCE verifier, nonce, redirect URI).
+
+    Kept here rather than in the session cookie, encrypted, and consumed on first read, so a
+    state can be used once only, on any instance.
+    """
+
+    __tablename__ = "oauth_states"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

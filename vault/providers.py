@@ -35,6 +35,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "scope": "openid email profile",
         "offline_access": True,
+        # Google answers with the long names of the OpenID shorthand scopes.
+        "scope_aliases": {
+            "email": "https://www.googleapis.com/auth/userinfo.email",
+            "profile": "https://www.googleapis.com/auth/userinfo.profile",
+        },
     },
     "microsoft": {
         "title": "Microsoft",
@@ -117,6 +122,7 @@ class Provider:
     staff_login: bool = False
     allowed_domains: tuple[str, ...] = ()
     auto_create_role: str | None = None
+    scope_aliases: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_oauth(self) -> bool:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from flask import Flask, current_app
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Select, and_, delete, or_, select, update
 
 from vault.crypto import DecryptionError, TokenCipher
 from vault.extensions import db
@@ -216,6 +216,13 @@ class TokenVault:
         Connections in back-off (``next_refresh_at`` in the future) are left out, and so are
         those with no refresh token and no API credentials, which nothing could refresh.
         """
+        statement = self.expiring_statement(within)
+        if limit is not None:
+            statement = statement.limit(limit)
+        return list(db.session.scalars(statement))
+
+    def expiring_statement(self, within: timedelta | int) -> Select:
+        """The query behind :meth:`find_expiring`, for callers that add filters or locks."""
         if not isinstance(within, timedelta):
             within = timedelta(seconds=within)
         now = self.clock()
@@ -228,7 +235,7 @@ class TokenVault:
             )
             .exists()
         )
-        statement = (
+        return (
             select(Connection)
             .join(
                 access,
@@ -242,9 +249,6 @@ class TokenVault:
             )
             .order_by(access.c.expires_at, Connection.id)
         )
-        if limit is not None:
-            statement = statement.limit(limit)
-        return list(db.session.scalars(statement))
 
 
 @dataclass

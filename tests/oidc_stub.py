@@ -1,0 +1,222 @@
+"""A controllable OpenID Connect provider on loopback, for the connect-flow tests.
+
+It speaks real HTTP and checks what a strict provider checks (client authentication, exact
+redirect URI, PKCE S256, one-time codes), and each test can make it misbehave in one
+specific way: an error answer, a non-JSON answer, a forged id_token, a wrong nonce, no
+refresh token, fewer scopes, a wrong ``iss``. ``google=True`` shapes its discovery document
+and answers like Google's documented ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+ACCOUNT = {"sub": "10769150350006150715113082367", "email": "ops@example.com",
+           "email_verified": True, "name": "Ops Account"}
+
+
+GOOGLE_SCOPE_NAMES = {
+    "email": "https://www.googleapis.com/auth/userinfo.email",
+    "profile": "https://www.googleapis.com/auth/userinfo.profile",
+}
+
+
+@functools.cache
+def _signing_keys() -> tuple[RSAKey, RSAKey]:
+    """The stub's key and an impostor's with the same kid (RSA generation is slow: once)."""
+    return (
+        RSAKey.generate_key(2048, parameters={"kid": "stub-1", "alg": "RS256", "use": "sig"}),
+        RSAKey.generate_key(2048, parameters={"kid": "stub-1", "alg": "RS256", "use": "sig"}),
+    )
+
+
+@dataclass
+class Behaviour:
+    """What the stub does differently from a well-behaved provider (defaults: nothing)."""
+
+    token_status: int = 200
+    token_body: str | None = None           # replaces the whole token answer
+    token_content_type: str = "application/json"
+    sign_with_foreign_key: bool = False
+    id_token_claims: dict[str, Any] = field(default_factory=dict)  # overrides
+    omit_id_token: bool = False
+    omit_refresh_token: bool = False
+    omit_expires_in: bool = False
+    granted_scope: str | None = None        # None: echo the requested scope
+    iss_parameter: str | None = None        # None: the real issuer
+    iss_supported: bool = True
+    revocation_status: int = 200
+    account: dict[str, Any] = field(default_factory=lambda: dict(ACCOUNT))
+
+
+class OIDCStub:
+    """Start with ``with OIDCStub() as stub:``; ``stub.issuer`` is its base URL."""
+
+    def __init__(self, client_id="vault-client", client_secret="vault-client-secret-value",
+                 *, google: bool = False):
+        self.client_id, self.client_secret, self.google = client_id, client_secret, google
+        self.behaviour = Behaviour(iss_supported=not google)
+        self.key, self.foreign_key = _signing_keys()
+        self.codes: dict[str, dict[str, Any]] = {}
+        self.authorize_requests: list[dict[str, str]] = []
+        self.token_requests: list[dict[str, Any]] = []
+        self.revocations: list[dict[str, str]] = []
+        self.issued: list[dict[str, Any]] = []
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self.issuer = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> OIDCStub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- what tests look at ----------------------------------------------------------------
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.issuer}/.well-known/openid-configuration"
+
+    def metadata(self) -> dict[str, Any]:
+        document = {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{self.issuer}/authorize",
+            "token_endpoint": f"{self.issuer}/token",
+            "userinfo_endpoint": f"{self.issuer}/userinfo",
+            "revocation_endpoint": f"{self.issuer}/revoke",
+            "jwks_uri": f"{self.issuer}/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": ["openid", "email", "profile", "offline_access"],
+        }
+        if self.behaviour.iss_supported:
+            document["authorization_response_iss_parameter_supported"] = True
+        return document
+
+    def authorize(self, url_params: dict[str, str]) -> str:
+        """Act as the user consenting: the URL the provider sends the browser back to."""
+        self.authorize_requests.append(url_params)
+        code = secrets.token_urlsafe(24)
+        self.codes[code] = dict(url_params)
+        answer = {"code": code, "state": url_params.get("state", "")}
+        # Google sends iss without advertising it in its discovery document.
+        if self.behaviour.iss_supported or self.google:
+            answer["iss"] = self.behaviour.iss_parameter or self.issuer
+        if self.google:
+            answer["scope"] = url_params.get("scope", "")
+            answer["authuser"] = "0"
+            answer["prompt"] = "consent"
+        return f"{url_params['redirect_uri']}?{urlencode(answer)}"
+
+    # -- the HTTP side ---------------------------------------------------------------------
+
+    def _app(self, environ, start_response):
+        request = Request(environ)
+        routes = {
+            "/.well-known/openid-configuration": lambda: self._json(self.metadata()),
+            "/jwks": lambda: self._json(KeySet([self.key]).as_dict(private=False)),
+            "/token": lambda: self._token(request),
+            "/userinfo": lambda: self._userinfo(request),
+            "/revoke": lambda: self._revoke(request),
+        }
+        handler = routes.get(request.path)
+        response = handler() if handler else Response("not found", status=404)
+        return response(environ, start_response)
+
+    @staticmethod
+    def _json(body: Any, status: int = 200) -> Response:
+        return Response(json.dumps(body), status=status, content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    def _client_authenticated(self, request: Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            if (user, password) == (self.client_id, self.client_secret):
+                return "client_secret_basic"
+        if (request.form.get("client_id"), request.form.get("client_secret")) == (
+            self.client_id, self.client_secret
+        ):
+            return "client_secret_post"
+        return None
+
+    def _token(self, request: Request) -> Response:
+        method = self._client_authenticated(request)
+        self.token_requests.append({"form": dict(request.form), "auth_method": method})
+        if method is None:
+            return self._json({"error": "invalid_client"}, 401)
+        behaviour = self.behaviour
+        if behaviour.token_body is not None:
+            return Response(behaviour.token_body, status=behaviour.token_status,
+                            content_type=behaviour.token_content_type)
+        grant = self.codes.pop(request.form.get("code", ""), None)
+        if grant is None:
+            return self._json({"error": "invalid_grant", "error_description": "unknown code"}, 400)
+        if request.form.get("redirect_uri") != grant["redirect_uri"]:
+            return self._json({"error": "invalid_grant", "error_description": "redirect_uri"}, 400)
+        verifier = request.form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+        if grant.get("code_challenge_method") != "S256" or challenge.decode() != grant.get("code_challenge"):
+            return self._json({"error": "invalid_grant", "error_description": "PKCE"}, 400)
+        scope = behaviour.granted_scope if behaviour.granted_scope is not None else grant.get("scope", "")
+        if self.google:  # Google names the shorthand OpenID scopes by their long URLs
+            scope = " ".join(GOOGLE_SCOPE_NAMES.get(s, s) for s in scope.split())
+        answer: dict[str, Any] = {
+            "access_token": "ya29.stub-access-" + secrets.token_urlsafe(24),
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "scope": scope,
+        }
+        if not behaviour.omit_refresh_token:
+            answer["refresh_token"] = "1//stub-refresh-" + secrets.token_urlsafe(24)
+        if behaviour.omit_expires_in:
+            del answer["expires_in"]
+        if "openid" in grant.get("scope", "").split() and not behaviour.omit_id_token:
+            answer["id_token"] = self._id_token(grant, answer["access_token"])
+        self.issued.append(answer)
+        return self._json(answer)
+
+    def _id_token(self, grant: dict[str, str], access_token: str) -> str:
+        now = int(time.time())
+        digest = hashlib.sha256(access_token.encode()).digest()
+        claims = {
+            "iss": self.issuer, "aud": self.client_id, "azp": self.client_id,
+            "iat": now, "exp": now + 3600, "nonce": grant.get("nonce"),
+            "at_hash": base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode(),
+            **self.behaviour.account,
+        }
+        claims.update(self.behaviour.id_token_claims)
+        key = self.foreign_key if self.behaviour.sign_with_foreign_key else self.key
+        return jwt.encode({"alg": "RS256", "kid": "stub-1", "typ": "JWT"}, claims, key)
+
+    def _userinfo(self, request: Request) -> Response:
+        header = request.headers.get("Authorization", "")
+        if not any(header == f"Bearer {issued['access_token']}" for issued in self.issued):
+            return self._json({"error": "invalid_token"}, 401)
+        return self._json(self.behaviour.account)
+
+    def _revoke(self, request: Request) -> Response:
+        if self._client_authenticated(request) is None:
+            return self._json({"error": "invalid_client"}, 401)
+        self.revocations.append(dict(request.form))
+        return Response("", status=self.behaviour.revocation_status)

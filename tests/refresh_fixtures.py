@@ -1,0 +1,135 @@
+"""Fixtures and helpers shared by the refresh, batch-refresh and token-API tests.
+
+Test modules import the fixtures they use by name (``from tests.refresh_fixtures import
+stub, vault_app``); pytest finds fixtures in a module's namespace.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.provider_stub import ProviderStub
+from vault.extensions import db
+from vault.models import Connection, TokenKind, utcnow
+from vault.store import token_vault
+
+OLD_ACCESS_TOKEN = "at-0-old-access-token-value"
+
+
+@pytest.fixture
+def stub():
+    """A running provider stand-in (see tests/provider_stub.py)."""
+    with ProviderStub() as provider:
+        yield provider
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def stub_config(app_config, providers_file, stub, closed_port):
+    """The app configuration with providers pointing at the stub (and one at nothing)."""
+    providers_file.write_text(
+        stub.providers_toml("acme")
+        + stub.providers_toml("acme-post", token_endpoint_auth_method="client_secret_post")
+        + "[oidcacme]\n"
+        'type = "oidc"\n'
+        f'server_metadata_url = "{stub.discovery_url}"\n'
+        f'client_id = "{stub.client_id}"\nclient_secret = "{stub.client_secret}"\n'
+        "[down]\n"
+        'type = "oauth2"\n'
+        f'client_id = "c"\nclient_secret = "s"\nauthorize_url = "http://127.0.0.1:{closed_port}/a"\n'
+        f'token_url = "http://127.0.0.1:{closed_port}/token"\n'
+        "[greeninvoice]\n"
+        'preset = "greeninvoice"\n'
+        f'token_url = "{stub.greeninvoice_url}"\n'
+        "[voicenter]\n"
+        'preset = "voicenter"\n',
+        encoding="utf-8",
+    )
+    app_config.update(
+        VAULT_PROVIDER_TIMEOUT_SECONDS=3,
+        VAULT_REFRESH_BACKOFF_BASE_SECONDS=30,
+        VAULT_REFRESH_BACKOFF_CAP_SECONDS=3600,
+    )
+    return app_config
+
+
+@pytest.fixture
+def vault_app(stub_config, app):
+    """``app`` configured for the stub; the test runs inside its app context."""
+    return app
+
+
+@pytest.fixture
+def api_reachable(vault_app, monkeypatch):
+    """Let /api/v1 past the session check of vault/web/security.py.
+
+    The API authenticates service keys in its own blueprint; the app-wide sign-in check must
+    let the ``api`` blueprint through. This does so for the test until security.py does it
+    itself (then it changes nothing).
+    """
+    from vault.web import security
+
+    rules = vault_app.url_map.iter_rules()
+    endpoints = {rule.endpoint for rule in rules if rule.endpoint.startswith("api.")}
+    monkeypatch.setattr(security, "PUBLIC_ENDPOINTS", security.PUBLIC_ENDPOINTS | endpoints)
+
+
+def make_connection(
+    stub: ProviderStub,
+    *,
+    provider: str = "acme",
+    subject: str = "account-1",
+    expires_in: int | None = 60,
+    refresh_token: str | None = None,
+    **fields,
+) -> int:
+    """A committed connection whose access token expires in ``expires_in`` seconds."""
+    connection = Connection(
+        provider=provider, account_subject=subject, account_email=f"{subject}@example.com", **fields
+    )
+    db.session.add(connection)
+    db.session.flush()
+    expires_at = None if expires_in is None else utcnow() + timedelta(seconds=expires_in)
+    token_vault.store(connection, TokenKind.ACCESS, OLD_ACCESS_TOKEN, expires_at=expires_at)
+    token_vault.store(
+        connection, TokenKind.REFRESH, refresh_token or stub.issue_refresh_token()
+    )
+    db.session.commit()
+    return connection.id
+
+
+def load(connection_id: int) -> Connection:
+    """The connection, read afresh."""
+    db.session.expire_all()
+    return db.session.get(Connection, connection_id)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server):
+    """One PostgreSQL database per test module instead of one per test (much quicker).
+
+    Overrides the conftest fixture of the same name for modules that import it; each test
+    still starts from empty tables, since the ``app`` fixture creates and drops them.
+    """
+    name = f"tokenvault_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -1,0 +1,27 @@
+"""Entry points for the child processes of the multi-process refresh tests.
+
+Kept apart from the test modules so that a child imports only what it needs.
+"""
+
+from __future__ import annotations
+
+
+def fetch_access_token(config: dict, connection_id: int, barrier, results) -> None:
+    """Build an app of our own, wait for every sibling, then ask for the access token."""
+    from vault import create_app
+    from vault.extensions import db
+    from vault.models import Connection
+    from vault.store import token_vault
+
+    app = create_app(config)
+    with app.app_context():
+        connection = db.session.get(Connection, connection_id)
+        db.session.commit()  # hold no pooled connection while waiting
+        try:
+            barrier.wait(timeout=60)
+            results.put(("ok", token_vault.get_access_token(connection).value))
+        except Exception as error:  # noqa: BLE001 - reported to the parent, which fails
+            results.put(("error", f"{type(error).__name__}: {error}"))
+        finally:
+            db.session.remove()
+            db.engine.dispose()

@@ -1,0 +1,165 @@
+"""The token API (/api/v1) with service keys, on both backends."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.refresh_fixtures import (  # noqa: F401 - fixtures
+    OLD_ACCESS_TOKEN,
+    api_reachable,
+    closed_port,
+    load,
+    make_connection,
+    postgres_url,
+    stub,
+    stub_config,
+    vault_app,
+)
+from vault import service_keys
+from vault.models import AuditEvent, Connection, ServiceKey, Token, TokenKind, utcnow
+from vault.store import token_vault
+
+pytestmark = [
+    pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True),
+    pytest.mark.usefixtures("api_reachable"),
+]
+
+
+def new_key(db, name="billing", providers=("acme", "down", "greeninvoice")) -> str:
+    _, key = service_keys.create_key(name, list(providers), set(providers) | {"voicenter"})
+    db.session.commit()
+    return key
+
+
+@pytest.fixture
+def key(vault_app, db) -> str:
+    return new_key(db)
+
+
+def get(client, path, key=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.get(f"/api/v1{path}", headers=headers)
+
+
+def assert_json_error(response, status, error):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json and response.json["error"] == error
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_service_key_is_required(vault_app, db, client, key):
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwdw=="}, {"Authorization": "Bearer tvk_x"},
+                    {"Authorization": key}):
+        response = client.get("/api/v1/connections", headers=headers)
+        assert_json_error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    runner = vault_app.test_cli_runner()
+    assert runner.invoke(args=["service-keys", "revoke", "billing"]).exit_code == 0
+    assert_json_error(get(client, "/connections", key), 401, "unauthorized")
+
+
+def test_openapi_document_is_public(vault_app, client):
+    response = client.get("/api/v1/openapi.json")
+    assert response.status_code == 200 and response.json["openapi"].startswith("3.")
+    assert set(response.json["paths"]) == {"/connections", "/connections/{connection_id}/access-token"}
+
+
+def test_list_connections_without_secrets_filtered_by_key(vault_app, db, client, stub, key):
+    acme = make_connection(stub, subject="acme-account", expires_in=600)
+    make_connection(stub, provider="voicenter", subject="calls")
+    response = get(client, "/connections", key)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    [listed] = response.json["connections"]
+    assert listed["id"] == acme and listed["provider"] == "acme" and listed["status"] == "active"
+    assert listed["expires_at"].endswith("Z")
+    assert OLD_ACCESS_TOKEN not in response.get_data(as_text=True)
+    assert "rt-" not in response.get_data(as_text=True)
+    assert get(client, "/connections?provider=acme", key).json["connections"][0]["id"] == acme
+    assert get(client, "/connections?provider=down", key).json["connections"] == []
+    assert_json_error(get(client, "/connections?provider=voicenter", key), 403, "forbidden")
+    assert_json_error(get(client, "/connections?provider=Bad%00", key), 400, "invalid_provider")
+    everything = new_key(db, "ops", providers=())
+    assert len(get(client, "/connections", everything).json["connections"]) == 2
+
+
+def test_fresh_access_token_is_handed_out_and_audited(vault_app, db, client, stub, key):
+    connection_id = make_connection(stub, expires_in=3600)
+    response = get(client, f"/connections/{connection_id}/access-token", key)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.json
+    assert body["access_token"] == OLD_ACCESS_TOKEN and body["token_type"] == "Bearer"
+    assert body["expires_at"].endswith("Z") and stub.count() == 0
+    event = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "token.handed_out"))
+    assert (event.actor, event.connection_id, event.outcome) == ("service:billing", connection_id, "success")
+    assert db.session.scalar(select(ServiceKey.last_used_at)) is not None
+
+
+def test_expiring_token_is_refreshed_first(vault_app, db, client, stub, key):
+    connection_id = make_connection(stub, expires_in=120)
+    body = get(client, f"/connections/{connection_id}/access-token", key).json
+    assert body["access_token"] == stub.issued_access_tokens[0]
+    assert stub.count() == 1
+
+
+def test_expiry_unknown_is_null(vault_app, db, client, stub, key):
+    stub.expires_in = None
+    connection_id = make_connection(stub, expires_in=-1)
+    body = get(client, f"/connections/{connection_id}/access-token", key).json
+    assert body["access_token"] == stub.issued_access_tokens[0] and body["expires_at"] is None
+
+
+def test_needs_reconnect_is_409(vault_app, db, client, stub, key):
+    connection_id = make_connection(stub, expires_in=10, refresh_token="rt-revoked")
+    response = get(client, f"/connections/{connection_id}/access-token", key)
+    assert_json_error(response, 409, "needs_reconnect")
+    assert "rt-revoked" not in response.get_data(as_text=True)
+
+
+def test_expired_and_provider_unreachable_is_503(vault_app, db, client, stub, key):
+    connection_id = make_connection(stub, provider="down", expires_in=-10)
+    response = get(client, f"/connections/{connection_id}/access-token", key)
+    assert_json_error(response, 503, "provider_unavailable")
+    assert 1 <= int(response.headers["Retry-After"]) <= 30
+    assert load(connection_id).status == "active"
+
+
+def test_undecryptable_value_is_a_json_error(vault_app, db, client, stub, key, caplog):
+    connection_id = make_connection(stub, expires_in=3600)
+    row = db.session.scalar(select(Token).where(Token.kind == TokenKind.ACCESS.value))
+    row.ciphertext = row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])
+    db.session.commit()
+    response = get(client, f"/connections/{connection_id}/access-token", key)
+    assert_json_error(response, 500, "undecryptable")
+    assert db.session.scalar(select(AuditEvent).where(AuditEvent.action == "token.handed_out")) is None
+
+
+def test_not_found_forbidden_and_method_errors_are_json(vault_app, db, client, stub, key):
+    other = Connection(provider="voicenter", account_subject="calls")
+    db.session.add(other)
+    db.session.commit()
+    assert_json_error(get(client, "/connections/999/access-token", key), 404, "not_found")
+    assert_json_error(get(client, f"/connections/{2**40}/access-token", key), 404, "not_found")
+    assert_json_error(get(client, "/connections/-1/access-token", key), 404, "not_found")
+    assert_json_error(get(client, "/nothing-here", key), 404, "not_found")
+    assert_json_error(get(client, f"/connections/{other.id}/access-token", key), 403, "forbidden")
+    response = client.post("/api/v1/connections", headers={"Authorization": f"Bearer {key}"})
+    assert_json_error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["Allow"]
+
+
+def test_no_key_or_token_in_logs(vault_app, db, client, stub, key, caplog):
+    caplog.set_level(logging.DEBUG)
+    fresh = make_connection(stub, subject="fresh", expires_in=3600)
+    expiring = make_connection(stub, subject="expiring", expires_in=60)
+    for connection_id in (fresh, expiring, 12345):
+        get(client, f"/connections/{connection_id}/access-token", key)
+    get(client, "/connections", "tvk_wrong-key-value")
+    for secret in [key, "tvk_wrong-key-value", OLD_ACCESS_TOKEN, *stub.issued_access_tokens]:
+        assert secret not in caplog.text
+    assert token_vault.token(load(expiring), TokenKind.ACCESS).expires_at > utcnow() + timedelta(minutes=30)

@@ -1,0 +1,56 @@
+"""``flask vault rotate-key`` and ``flask vault verify``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from sqlalchemy import func, select
+
+from vault.cli import vault_cli
+from vault.extensions import db
+from vault.models import Token
+from vault.rotation import DEFAULT_BATCH_SIZE, count_outdated, rotate, verify
+from vault.store import token_vault
+
+
+@vault_cli.command("rotate-key")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH_SIZE,
+              show_default=True, help="Values re-encrypted per transaction.")
+def rotate_key_command(batch_size: int) -> None:
+    """Re-encrypt every stored value under the current ENCRYPTION_SECRET.
+
+    Put the new secret in ENCRYPTION_SECRET and the old one in ENCRYPTION_SECRET_PREVIOUS
+    first. Interrupt and rerun at will: values already under the current key are skipped.
+    """
+    outdated = count_outdated()
+    current = token_vault.cipher.current_key_id
+    if outdated == 0:
+        click.echo(f"Every stored value is already under key {current}.")
+        return
+    with click.progressbar(length=outdated, label=f"Re-encrypting under key {current}",
+                           file=sys.stderr) as bar:
+        result = rotate(batch_size=batch_size, progress=bar.update)
+    click.echo(f"Re-encrypted {result.reencrypted} value(s) under key {current}.")
+    if result.undecryptable:
+        click.echo(f"{len(result.undecryptable)} value(s) could not be decrypted and were left "
+                   "as they are; run `vault verify` for the list.", err=True)
+        sys.exit(1)
+
+
+@vault_cli.command("verify")
+def verify_command() -> None:
+    """Decrypt every stored value and report the ones that fail. Changes nothing."""
+    total = db.session.scalar(select(func.count(Token.id))) or 0
+    failures = []
+    with click.progressbar(verify(), length=total, label="Verifying", file=sys.stderr) as results:
+        for failure in results:
+            if failure is not None:
+                failures.append(failure)
+    for failure in failures:
+        click.echo(f"undecryptable: connection {failure.connection_id} {failure.kind} "
+                   f"(token {failure.token_id}, key id {failure.key_id})")
+    click.echo(f"Checked {total} value(s): {total - len(failures)} decrypt, "
+               f"{len(failures)} undecryptable.")
+    if failures:
+        sys.exit(1)

@@ -1,0 +1,233 @@
+"""Connections: recording an OAuth grant, API-key credentials, and disconnecting.
+
+Views call these; they add to the session and the caller commits once, so a failure part
+way leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from sqlalchemy import select
+
+from vault import audit
+from vault.discovery import DiscoveryError, server_metadata
+from vault.extensions import db
+from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
+from vault.providers import Provider
+from vault.store import token_vault
+
+REVOCATION_TIMEOUT_SECONDS = 10
+
+
+class ConnectError(Exception):
+    """A connect flow cannot be completed; the message is safe to show (no secrets)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who the tokens belong to, as the provider tells it."""
+
+    subject: str
+    email: str | None
+    name: str | None
+
+
+def account_from_claims(claims: dict[str, Any]) -> Account:
+    """The account from id_token claims or a userinfo answer (OIDC ``sub`` or OAuth ``id``)."""
+    subject = claims.get("sub") or claims.get("id") or claims.get("user_id")
+    if subject in (None, ""):
+        raise ConnectError("The provider did not say which account was connected.")
+    email = claims.get("email")
+    name = claims.get("name") or claims.get("login") or claims.get("preferred_username")
+    return Account(
+        subject=str(subject)[:255],
+        email=str(email)[:320] if email else None,
+        name=str(name)[:255] if name else None,
+    )
+
+
+def _expiry(seconds: Any, now: datetime) -> datetime | None:
+    """``expires_in`` seconds from now; None (unknown) when absent or unusable."""
+    try:
+        value = int(seconds)
+    except (TypeError, ValueError):
+        return None
+    return now + timedelta(seconds=value) if value > 0 else None
+
+
+def record_grant(
+    provider: Provider, token: dict[str, Any], account: Account, user: User
+) -> tuple[Connection, bool]:
+    """Upsert the connection for ``account`` and store the grant's tokens, encrypted.
+
+    Reconnecting the same account replaces its tokens (a refresh token is kept when the
+    provider sends no new one). Returns the connection and whether it is new.
+    """
+    now = utcnow()
+    connection = db.session.scalar(
+        select(Connection).where(
+            Connection.provider == provider.key, Connection.account_subject == account.subject
+        )
+    )
+    created = connection is None
+    if created:
+        connection = Connection(provider=provider.key, account_subject=account.subject)
+        db.session.add(connection)
+    connection.account_email = account.email
+    connection.account_name = account.name
+    connection.scopes_requested = provider.scope
+    granted = token.get("scope")
+    if isinstance(granted, list | tuple):
+        granted = " ".join(granted)
+    # RFC 6749 5.1: an answer without "scope" granted exactly what was asked.
+    connection.scopes_granted = granted if granted is not None else provider.scope
+    connection.status = ConnectionStatus.ACTIVE.value
+    connection.created_by_id = user.id
+    connection.failure_count = 0
+    connection.last_error = None
+    connection.last_refreshed_at = now
+    connection.next_refresh_at = None
+    db.session.flush()
+
+    token_vault.store(
+        connection, TokenKind.ACCESS, token["access_token"],
+        expires_at=_expiry(token.get("expires_in"), now),
+    )
+    if token.get("refresh_token"):
+        token_vault.store(
+            connection, TokenKind.REFRESH, token["refresh_token"],
+            expires_at=_expiry(token.get("refresh_token_expires_in"), now),
+        )
+    if token.get("id_token"):
+        token_vault.store(connection, TokenKind.ID, token["id_token"])
+    audit.record(
+        "connection.created" if created else "connection.reconnected",
+        target=f"{provider.key}:{account.email or account.subject}",
+        connection=connection,
+        actor=user,
+    )
+    return connection, created
+
+
+def missing_scopes(connection: Connection, provider: Provider | None) -> list[str]:
+    """Scopes asked for but not granted (shown as a warning), minding provider aliases."""
+    granted = set(connection.scopes_granted.split())
+    aliases = provider.scope_aliases if provider is not None else {}
+    return [
+        scope for scope in connection.scopes_requested.split()
+        if scope not in granted and aliases.get(scope) not in granted
+    ]
+
+
+def add_credentials(
+    provider: Provider,
+    label: str,
+    values: dict[str, str],
+    user: User,
+    *,
+    expires_at: datetime | None = None,
+    connection: Connection | None = None,
+) -> Connection:
+    """Store pasted API credentials as a new connection, or replace an existing one's."""
+    label = " ".join(label.split())
+    if connection is None:
+        subject = label.lower()
+        exists = db.session.scalar(
+            select(Connection.id).where(
+                Connection.provider == provider.key, Connection.account_subject == subject
+            )
+        )
+        if exists is not None:
+            raise ConnectError(f"{provider.title} already has credentials named “{label}”.")
+        connection = Connection(provider=provider.key, account_subject=subject, account_name=label)
+        db.session.add(connection)
+        action = "credentials.added"
+    else:
+        action = "credentials.replaced"
+    connection.status = ConnectionStatus.ACTIVE.value
+    connection.created_by_id = connection.created_by_id or user.id
+    connection.failure_count = 0
+    connection.last_error = None
+    connection.next_refresh_at = None
+    connection.last_refreshed_at = utcnow()
+    db.session.flush()
+    token_vault.delete(connection)
+    for field_name in provider.fields:
+        kind = TokenKind(field_name)
+        token_vault.store(
+            connection, kind, values[field_name],
+            expires_at=expires_at if kind is TokenKind.API_KEY else None,
+        )
+    audit.record(action, target=f"{provider.key}:{label}", connection=connection, actor=user)
+    return connection
+
+
+@dataclass(frozen=True)
+class DisconnectResult:
+    revoked: bool
+    problem: str | None = None
+
+
+def disconnect(connection: Connection, provider: Provider | None, user: User) -> DisconnectResult:
+    """Revoke at the provider when it can (refresh token first), then delete the tokens.
+
+    The tokens are deleted and the connection marked disconnected even when revocation
+    fails; the result says so. The connection row and its audit trail stay.
+    """
+    result = DisconnectResult(revoked=False)
+    if provider is not None and provider.is_oauth:
+        result = _revoke(connection, provider)
+    deleted = token_vault.delete(connection)
+    connection.status = ConnectionStatus.DISCONNECTED.value
+    connection.next_refresh_at = None
+    audit.record(
+        "connection.disconnected",
+        target=f"{connection.provider}:{connection.account_email or connection.account_subject}",
+        connection=connection,
+        actor=user,
+        outcome="success" if result.problem is None else "partial",
+        detail=f"revoked={'yes' if result.revoked else 'no'}; tokens deleted={deleted}"
+        + (f"; {result.problem}" if result.problem else ""),
+    )
+    return result
+
+
+def _revoke(connection: Connection, provider: Provider) -> DisconnectResult:
+    try:
+        endpoint = server_metadata(provider).get("revocation_endpoint")
+    except DiscoveryError:
+        return DisconnectResult(False, "the provider's metadata could not be loaded")
+    if not endpoint:
+        return DisconnectResult(False, None)
+    revoked_any = False
+    session = OAuth2Session(
+        client_id=provider.client_id,
+        client_secret=provider.client_secret,
+        token_endpoint_auth_method=provider.token_endpoint_auth_method,
+        revocation_endpoint_auth_method=provider.token_endpoint_auth_method,
+        default_timeout=REVOCATION_TIMEOUT_SECONDS,
+    )
+    with session:
+        # Refresh token first: revoking it ends the whole grant at most providers.
+        for kind, hint in ((TokenKind.REFRESH, "refresh_token"), (TokenKind.ACCESS, "access_token")):
+            try:
+                value = token_vault.get(connection, kind)
+            except Exception:  # noqa: BLE001 - an undecryptable value cannot be revoked
+                value = None
+            if not value:
+                continue
+            try:
+                response = session.revoke_token(endpoint, token=value, token_type_hint=hint)
+            except requests.RequestException as error:
+                return DisconnectResult(revoked_any, f"revocation failed: {type(error).__name__}")
+            if response.status_code != 200:
+                return DisconnectResult(
+                    revoked_any, f"revocation failed: the provider answered {response.status_code}"
+                )
+            revoked_any = True
+    return DisconnectResult(revoked_any, None)

@@ -1,0 +1,457 @@
+"""The refresh protocol (DESIGN.md section 6): one provider call per due token, everywhere.
+
+1. Single flight in the process (a lock per connection id), then a lock on the connection's
+   row in the database (PostgreSQL ``SELECT ... FOR UPDATE`` with a lock timeout; SQLite a
+   write transaction, which SQLite serialises).
+2. Under the lock the tokens are read again: when another worker or process refreshed them
+   meanwhile, its result is used and the provider is not asked.
+3. The provider's answer is stored in one transaction (access token, rotated refresh token)
+   and committed before anyone is handed the new access token.
+4. A refused grant marks the connection ``needs_reconnect``; a provider that is down, slow or
+   rate-limiting keeps the tokens, records a sanitised error and backs off exponentially.
+5. A lock timeout is not a credential failure: the caller is told the token is unavailable.
+
+:func:`refresh_now` (manual refresh) and :func:`refresh_due` (cron and the dashboard's batch
+button, in :mod:`vault.refresh_batch`) use the same engine.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import Flask, current_app
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import OperationalError
+
+from vault import audit
+from vault.extensions import db
+from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
+from vault.redact import REDACTED, redact
+from vault.refresh_grants import (
+    Credentials,
+    GrantRejected,
+    NewTokens,
+    NotRefreshable,
+    ProviderFailure,
+    request_tokens,
+)
+from vault.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
+
+__all__ = [
+    "Outcome",
+    "ProviderUnavailable",
+    "RefreshEngine",
+    "RefreshResult",
+    "refresh_due",
+    "refresh_now",
+    "register_refresh",
+]
+
+DEFAULT_PROVIDER_TIMEOUT_SECONDS = 10
+DEFAULT_BACKOFF_BASE_SECONDS = 30
+DEFAULT_BACKOFF_CAP_SECONDS = 3600
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE raised when lock_timeout expires
+_CREDENTIAL_FIELDS = {
+    "refresh_token": TokenKind.REFRESH,
+    "api_key": TokenKind.API_KEY,
+    "api_secret": TokenKind.API_SECRET,
+}
+_REFRESHABLE_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)
+
+Actor = User | str
+
+
+class ProviderUnavailable(TokenUnavailable):
+    """The provider cannot be used right now; the tokens are kept and a retry is scheduled."""
+
+    def __init__(self, message: str, retry_at: datetime | None = None):
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class Outcome(str, enum.Enum):
+    """How one refresh attempt ended."""
+
+    REFRESHED = "refreshed"  # the provider answered; new tokens are stored
+    ALREADY_FRESH = "already_fresh"  # another worker refreshed meanwhile; its result is used
+    SKIPPED = "skipped"  # another thread of this process is refreshing it right now
+    FAILED = "failed"  # provider unavailable (or backing off); tokens kept
+    NEEDS_RECONNECT = "needs_reconnect"  # the grant is gone
+    UNAVAILABLE = "unavailable"  # nothing to refresh with, disconnected, or lock timeout
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """The outcome of one refresh attempt, safe to show (``message`` holds no secret)."""
+
+    connection_id: int
+    outcome: Outcome
+    message: str = ""
+    retry_at: datetime | None = None
+    usable: bool = False  # whether a valid, unexpired access token is stored afterwards
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (Outcome.REFRESHED, Outcome.ALREADY_FRESH, Outcome.SKIPPED)
+
+
+class _LockTimeout(Exception):
+    pass
+
+
+class RefreshEngine:
+    """The :class:`~vault.store.Refresher` for one app: runs the protocol for a connection."""
+
+    def __init__(self) -> None:
+        # connection id -> [lock, number of threads using it]; entries go when unused.
+        self._flights: dict[int, list] = {}
+        self._flights_guard = threading.Lock()
+
+    def refresh(self, connection: Connection) -> None:
+        """Refresher protocol, called by ``get_access_token`` for a token that is due.
+
+        Returns quietly when a usable token is stored afterwards (even if the provider could
+        not be reached, an unexpired token is still worth handing out); raises
+        :class:`NeedsReconnect` or :class:`ProviderUnavailable`/:class:`TokenUnavailable`.
+        """
+        result = self.run(
+            connection.id, window=current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
+        )
+        if result.outcome is Outcome.NEEDS_RECONNECT:
+            raise NeedsReconnect(result.message)
+        if result.usable:
+            return
+        if result.outcome is Outcome.FAILED:
+            raise ProviderUnavailable(result.message, retry_at=result.retry_at)
+        if not result.ok:
+            raise TokenUnavailable(result.message)
+
+    def run(
+        self,
+        connection_id: int,
+        *,
+        force: bool = False,
+        window: timedelta | int = 0,
+        actor: Actor = "system",
+        claimed: bool = False,
+    ) -> RefreshResult:
+        """Run the protocol for one connection and commit; never raises for provider trouble.
+
+        ``force`` refreshes even a fresh token and ignores back-off (manual refresh).
+        ``window``: a token valid beyond it is left alone. ``claimed``: the caller's
+        transaction already holds the row lock (batch refresh), so a busy single flight here
+        means another thread has it in hand and this call skips instead of waiting.
+        """
+        if not isinstance(window, timedelta):
+            window = timedelta(seconds=window)
+        before = None if claimed else _fingerprint(connection_id)
+        with self._single_flight(connection_id, wait=not claimed) as acquired:
+            if not acquired:
+                return RefreshResult(connection_id, Outcome.SKIPPED, "being refreshed already")
+            try:
+                connection = _lock_row(connection_id)
+            except _LockTimeout:
+                db.session.rollback()
+                usable = _usable(_access_token(connection_id))
+                message = "another refresh of this connection is still running"
+                return RefreshResult(connection_id, Outcome.UNAVAILABLE, message, usable=usable)
+            if connection is None:
+                db.session.rollback()
+                return RefreshResult(connection_id, Outcome.UNAVAILABLE, "no such connection")
+            try:
+                return self._refresh_locked(connection, before, force, window, actor)
+            except BaseException:
+                db.session.rollback()
+                raise
+
+    @contextmanager
+    def _single_flight(self, connection_id: int, *, wait: bool) -> Iterator[bool]:
+        with self._flights_guard:
+            flight = self._flights.setdefault(connection_id, [threading.Lock(), 0])
+            flight[1] += 1
+        acquired = flight[0].acquire(blocking=wait)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                flight[0].release()
+            with self._flights_guard:
+                flight[1] -= 1
+                if flight[1] == 0:
+                    del self._flights[connection_id]
+
+    def _refresh_locked(
+        self,
+        connection: Connection,
+        before: dict[str, bytes] | None,
+        force: bool,
+        window: timedelta,
+        actor: Actor,
+    ) -> RefreshResult:
+        now = token_vault.clock()
+        tokens = _tokens(connection)
+        access = tokens.get(TokenKind.ACCESS.value)
+        usable = _usable(access, now)
+
+        def finish(outcome: Outcome, message: str = "", retry_at=None) -> RefreshResult:
+            db.session.commit()  # releases the row lock
+            return RefreshResult(connection.id, outcome, message, retry_at, usable)
+
+        if connection.status == ConnectionStatus.NEEDS_RECONNECT.value:
+            return finish(Outcome.NEEDS_RECONNECT, connection.last_error or "reconnect needed")
+        if connection.status == ConnectionStatus.DISCONNECTED.value:
+            return finish(Outcome.UNAVAILABLE, "the connection is disconnected")
+        if not force and usable and (access.expires_at is None or access.expires_at > now + window):
+            return finish(Outcome.ALREADY_FRESH)
+        if before is not None and usable and _ciphertexts(tokens) != before:
+            return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
+        if not force and connection.next_refresh_at and connection.next_refresh_at > now:
+            message = f"backing off after failures: {connection.last_error or 'provider error'}"
+            return finish(Outcome.FAILED, message, connection.next_refresh_at)
+
+        provider = current_app.extensions["providers"].get(connection.provider)
+        if provider is None:
+            return finish(Outcome.UNAVAILABLE, f"provider {connection.provider} is not configured")
+        credentials = Credentials(
+            **{
+                field: token_vault.decrypt(tokens[kind.value])
+                for field, kind in _CREDENTIAL_FIELDS.items()
+                if kind.value in tokens
+            }
+        )
+        used = _ciphertexts(tokens)
+        secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
+        try:
+            answer = request_tokens(provider, credentials, now=now, timeout=_timeout())
+        except NotRefreshable as error:
+            return finish(Outcome.UNAVAILABLE, str(error))
+        except GrantRejected as error:
+            if _ciphertexts(_tokens(connection)) != used:
+                return finish(Outcome.ALREADY_FRESH, "the grant was replaced meanwhile")
+            return self._rejected(connection, _scrub(str(error), secrets), actor)
+        except ProviderFailure as error:
+            return self._failed(connection, error, _scrub(str(error), secrets), actor, usable)
+        return self._store(connection, tokens, answer, actor, now)
+
+    def _store(
+        self,
+        connection: Connection,
+        tokens: dict[str, Token],
+        answer: NewTokens,
+        actor: Actor,
+        now: datetime,
+    ) -> RefreshResult:
+        token_vault.store(
+            connection, TokenKind.ACCESS, answer.access_token, expires_at=answer.expires_at
+        )
+        refresh_token = tokens.get(TokenKind.REFRESH.value)
+        if answer.refresh_token:
+            token_vault.store(
+                connection,
+                TokenKind.REFRESH,
+                answer.refresh_token,
+                expires_at=answer.refresh_token_expires_at,
+            )
+        elif answer.refresh_token_expires_at and refresh_token is not None:
+            refresh_token.expires_at = answer.refresh_token_expires_at
+        if answer.id_token:
+            token_vault.store(connection, TokenKind.ID, answer.id_token)
+        if answer.scope:
+            connection.scopes_granted = answer.scope
+        connection.status = ConnectionStatus.ACTIVE.value
+        connection.last_error = None
+        connection.failure_count = 0
+        connection.last_refreshed_at = now
+        connection.next_refresh_at = None
+        detail = "refresh token rotated" if answer.refresh_token else None
+        if answer.expires_at is None:
+            detail = ", ".join(filter(None, [detail, "expiry unknown"]))
+        audit.record(
+            "token.refreshed",
+            target=connection.provider,
+            connection=connection,
+            actor=actor,
+            detail=detail,
+        )
+        db.session.commit()
+        return RefreshResult(connection.id, Outcome.REFRESHED, usable=True)
+
+    def _rejected(self, connection: Connection, reason: str, actor: Actor) -> RefreshResult:
+        token_vault.mark_invalid(connection, reason)
+        audit.record(
+            "token.refresh_failed",
+            target=connection.provider,
+            connection=connection,
+            actor=actor,
+            outcome="failure",
+            detail=f"needs reconnect: {reason}",
+        )
+        db.session.commit()
+        current_app.logger.warning("connection %s needs reconnecting: %s", connection.id, reason)
+        return RefreshResult(connection.id, Outcome.NEEDS_RECONNECT, reason)
+
+    def _failed(
+        self,
+        connection: Connection,
+        error: ProviderFailure,
+        reason: str,
+        actor: Actor,
+        usable: bool,
+    ) -> RefreshResult:
+        failures = connection.failure_count or 0
+        config = current_app.config
+        base = config.get("VAULT_REFRESH_BACKOFF_BASE_SECONDS", DEFAULT_BACKOFF_BASE_SECONDS)
+        cap = config.get("VAULT_REFRESH_BACKOFF_CAP_SECONDS", DEFAULT_BACKOFF_CAP_SECONDS)
+        delay = min(cap, base * 2**failures)
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        retry_at = token_vault.clock() + timedelta(seconds=delay)
+        connection.failure_count = failures + 1
+        connection.last_error = sanitize_error(reason)
+        connection.next_refresh_at = retry_at
+        audit.record(
+            "token.refresh_failed",
+            target=connection.provider,
+            connection=connection,
+            actor=actor,
+            outcome="failure",
+            detail=f"{reason}; retry after {retry_at.isoformat(timespec='seconds')}",
+        )
+        db.session.commit()
+        current_app.logger.warning(
+            "refresh of connection %s failed (%s failures): %s", connection.id, failures + 1, reason
+        )
+        return RefreshResult(connection.id, Outcome.FAILED, reason, retry_at, usable)
+
+
+def register_refresh(app: Flask) -> None:
+    """Plug a refresh engine into the app's token vault."""
+    engine = RefreshEngine()
+    app.extensions["refresh_engine"] = engine
+    token_vault.set_refresher(engine, app)
+
+
+def refresh_now(connection: Connection, actor: Actor) -> RefreshResult:
+    """Refresh ``connection`` now, even when its token is fresh (the dashboard's button)."""
+    engine: RefreshEngine = current_app.extensions["refresh_engine"]
+    return engine.run(connection.id, force=True, actor=actor)
+
+
+def refresh_due(
+    within: int | None = None, concurrency: int = 4, *, actor: Actor = "system", progress=None
+):
+    """Refresh every connection due within ``within`` seconds (default: the refresh buffer).
+
+    Returns a :class:`vault.refresh_batch.RefreshSummary`; see that module for how several
+    concurrent runs share the work.
+    """
+    from vault.refresh_batch import run_batch  # the batch module builds on this one
+
+    return run_batch(within, concurrency, actor=actor, progress=progress)
+
+
+# -- the database side of the protocol ---------------------------------------------------
+
+
+def _lock_row(connection_id: int) -> Connection | None:
+    """Lock the connection's row for this transaction and return it, freshly read."""
+    try:
+        if db.session.get_bind().dialect.name == "postgresql":
+            milliseconds = int(_lock_timeout() * 1000)
+            db.session.execute(text(f"SET LOCAL lock_timeout = '{milliseconds}ms'"))
+        else:
+            # SQLite: the first write takes the database's write lock (waiting up to its
+            # busy_timeout), which serialises refreshes across processes.
+            db.session.execute(
+                update(Connection)
+                .where(Connection.id == connection_id)
+                .values(updated_at=token_vault.clock())
+                .execution_options(synchronize_session=False)
+            )
+        connection = db.session.scalar(
+            select(Connection)
+            .where(Connection.id == connection_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    except OperationalError as error:
+        if _is_lock_timeout(error):
+            raise _LockTimeout() from None
+        raise
+    return connection
+
+
+def _is_lock_timeout(error: OperationalError) -> bool:
+    if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+        return True
+    return "database is locked" in str(error.orig)
+
+
+def _tokens(connection: Connection) -> dict[str, Token]:
+    """The connection's stored rows by kind, read afresh from the database."""
+    rows = db.session.scalars(
+        select(Token)
+        .where(
+            Token.connection_id == connection.id,
+            Token.kind.in_([kind.value for kind in _REFRESHABLE_KINDS]),
+        )
+        .execution_options(populate_existing=True)
+    )
+    return {row.kind: row for row in rows}
+
+
+def _access_token(connection_id: int) -> Token | None:
+    return db.session.scalar(
+        select(Token).where(
+            Token.connection_id == connection_id, Token.kind == TokenKind.ACCESS.value
+        )
+    )
+
+
+def _fingerprint(connection_id: int) -> dict[str, bytes]:
+    """The access and refresh ciphertexts as committed now: they change with every refresh."""
+    rows = db.session.execute(
+        select(Token.kind, Token.ciphertext).where(
+            Token.connection_id == connection_id,
+            Token.kind.in_([TokenKind.ACCESS.value, TokenKind.REFRESH.value]),
+        )
+    )
+    return {kind: bytes(ciphertext) for kind, ciphertext in rows}
+
+
+def _ciphertexts(tokens: dict[str, Token]) -> dict[str, bytes]:
+    return {
+        kind: bytes(tokens[kind].ciphertext)
+        for kind in (TokenKind.ACCESS.value, TokenKind.REFRESH.value)
+        if kind in tokens
+    }
+
+
+def _usable(token: Token | None, now: datetime | None = None) -> bool:
+    if token is None or not token.is_valid:
+        return False
+    return token.expires_at is None or token.expires_at > (now or token_vault.clock())
+
+
+def _timeout() -> float:
+    return float(
+        current_app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", DEFAULT_PROVIDER_TIMEOUT_SECONDS)
+    )
+
+
+def _lock_timeout() -> float:
+    # Long enough to outlast the lock holder's provider call, which has its own timeout.
+    return float(current_app.config.get("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS", _timeout() + 5))
+
+
+def _scrub(text_: str, secrets: list[str]) -> str:
+    """Remove the credentials this refresh used, then anything else shaped like one."""
+    for secret in secrets:
+        if secret:
+            text_ = text_.replace(secret, REDACTED)
+    return redact(text_)

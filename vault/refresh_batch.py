@@ -1,0 +1,184 @@
+"""Refreshing every due connection at once: ``vault refresh-due`` and "Refresh all expiring".
+
+Any number of runs may go at the same time, on any number of hosts (DESIGN.md section 9). On
+PostgreSQL each worker claims one due connection at a time with ``FOR UPDATE SKIP LOCKED``
+and keeps that row locked until its refresh is committed, so no two workers of any run ever
+hold the same connection. Once committed, a connection is no longer due: it was refreshed
+after this run began, it is backing off, or it needs reconnecting. SQLite allows one writer
+at a time on one host, so there the run uses a single worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import Select, func, or_, select
+
+from vault.extensions import db
+from vault.models import Connection
+from vault.refresh import Actor, Outcome, RefreshEngine, RefreshResult
+from vault.store import token_vault
+
+Progress = Callable[[RefreshResult], None]
+
+
+@dataclass
+class RefreshSummary:
+    """What a batch run did; ``ok`` when nothing failed and nothing needs reconnecting."""
+
+    due: int
+    refreshed: int = 0
+    skipped: int = 0  # refreshed meanwhile by someone else, or in hand elsewhere
+    failed: int = 0
+    needs_reconnect: int = 0
+    seconds: float = 0.0
+    problems: list[RefreshResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.needs_reconnect == 0
+
+    def add(self, result: RefreshResult) -> None:
+        """Count one connection's result."""
+        if result.outcome is Outcome.REFRESHED:
+            self.refreshed += 1
+        elif result.ok:
+            self.skipped += 1
+        else:
+            if result.outcome is Outcome.NEEDS_RECONNECT:
+                self.needs_reconnect += 1
+            else:
+                self.failed += 1
+            self.problems.append(result)
+
+    def line(self) -> str:
+        """One human line, e.g. for the CLI or a flash message."""
+        return (
+            f"Refreshed {self.refreshed}, failed {self.failed}, "
+            f"needs reconnect {self.needs_reconnect}, skipped {self.skipped} "
+            f"({self.due} due, {self.seconds:.1f} s)"
+        )
+
+    def as_dict(self) -> dict:
+        """JSON-ready form (no secrets: messages are sanitised)."""
+        return {
+            "due": self.due,
+            "refreshed": self.refreshed,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "needs_reconnect": self.needs_reconnect,
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+            "problems": [
+                {
+                    "connection_id": result.connection_id,
+                    "outcome": result.outcome.value,
+                    "message": result.message,
+                    "retry_at": result.retry_at.isoformat() if result.retry_at else None,
+                }
+                for result in self.problems
+            ],
+        }
+
+
+def count_due(within: int | None = None) -> int:
+    """How many connections are due within ``within`` seconds (default: the buffer)."""
+    statement = token_vault.expiring_statement(_window(within)).order_by(None)
+    return db.session.scalar(select(func.count()).select_from(statement.subquery())) or 0
+
+
+def run_batch(
+    within: int | None, concurrency: int, *, actor: Actor, progress: Progress | None
+) -> RefreshSummary:
+    """Refresh every due connection with ``concurrency`` workers; see the module docstring."""
+    app = current_app._get_current_object()
+    engine: RefreshEngine = app.extensions["refresh_engine"]
+    window = _window(within)
+    started, timer = token_vault.clock(), time.perf_counter()
+    summary = RefreshSummary(due=count_due(within))
+    postgres = db.session.get_bind().dialect.name == "postgresql"
+    db.session.commit()  # workers use sessions of their own; hold nothing here
+    claims = _Claims(window, started, postgres)
+    summary_lock = threading.Lock()
+
+    def worker() -> None:
+        with app.app_context():
+            while (connection_id := claims.next()) is not None:
+                result = _refresh_claimed(engine, connection_id, window, actor)
+                claims.done(result)
+                with summary_lock:
+                    summary.add(result)
+                    if progress is not None:
+                        progress(result)
+
+    workers = max(1, concurrency) if postgres else 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refresh") as pool:
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
+    summary.seconds = time.perf_counter() - timer
+    return summary
+
+
+class _Claims:
+    """Hands each worker the next due connection, locked for it on PostgreSQL."""
+
+    def __init__(self, window: timedelta, started: datetime, postgres: bool):
+        self.window, self.started, self.postgres = window, started, postgres
+        # Connections this run tried without making them not-due (failed with no back-off,
+        # skipped, errors): never claimed twice by one run.
+        self.excluded: set[int] = set()
+        self.lock = threading.Lock()
+
+    def next(self) -> int | None:
+        statement = self._statement()
+        if self.postgres:
+            statement = statement.with_for_update(skip_locked=True, of=Connection)
+        connection = db.session.scalar(statement)
+        return None if connection is None else connection.id
+
+    def _statement(self) -> Select:
+        statement = (
+            token_vault.expiring_statement(self.window)
+            .where(
+                or_(
+                    Connection.last_refreshed_at.is_(None),
+                    Connection.last_refreshed_at < self.started,
+                )
+            )
+            .limit(1)
+        )
+        with self.lock:
+            excluded = list(self.excluded)
+        if excluded:
+            statement = statement.where(Connection.id.not_in(excluded))
+        return statement
+
+    def done(self, result: RefreshResult) -> None:
+        if result.outcome is not Outcome.REFRESHED:
+            with self.lock:
+                self.excluded.add(result.connection_id)
+
+
+def _refresh_claimed(
+    engine: RefreshEngine, connection_id: int, window: timedelta, actor: Actor
+) -> RefreshResult:
+    try:
+        return engine.run(connection_id, window=window, actor=actor, claimed=True)
+    except Exception as error:  # noqa: BLE001 - one bad row must not stop the batch
+        current_app.logger.exception("refresh of connection %s failed", connection_id)
+        message = f"unexpected error ({type(error).__name__})"
+        return RefreshResult(connection_id, Outcome.FAILED, message)
+    finally:
+        db.session.rollback()  # a skipped claim still holds its row lock
+
+
+def _window(within: int | None) -> timedelta:
+    if within is None:
+        within = current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
+    return timedelta(seconds=within)

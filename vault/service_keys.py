@@ -1,0 +1,127 @@
+"""Service keys: the API keys integrations use to fetch access tokens.
+
+A key is shown once, when it is created. The database keeps its SHA-256 hash (a key has 256
+random bits, so a fast hash is enough: there is nothing to brute-force) and a short prefix
+that identifies it in lists without revealing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from vault import audit
+from vault.extensions import db
+from vault.models import ServiceKey, utcnow
+
+KEY_PREFIX = "tvk_"
+DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
+# last_used_at is a hint for operators, not an audit record: writing it on every request
+# would add a row update to each token hand-out, so it moves at most once a minute.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class ServiceKeyError(ValueError):
+    """A service key cannot be created or changed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class AuthenticatedKey:
+    """The key a request presented, detached from any session."""
+
+    id: int
+    name: str
+    allowed_providers: tuple[str, ...]
+
+    def allows(self, provider: str) -> bool:
+        """True when this key may read connections of ``provider`` (empty list: all)."""
+        return not self.allowed_providers or provider in self.allowed_providers
+
+    @property
+    def actor(self) -> str:
+        return f"service:{self.name}"
+
+
+def generate_key() -> str:
+    """A new random service key (``tvk_`` + 43 URL-safe characters)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """The hex SHA-256 digest stored for a key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_key(
+    name: str, providers: list[str], known_providers: set[str], *, actor: str = "cli"
+) -> tuple[ServiceKey, str]:
+    """Create a key named ``name`` (audited, not committed); returns the row and the key."""
+    name = name.strip()
+    if not name or len(name) > 100 or not name.isprintable():
+        raise ServiceKeyError("the name must be 1 to 100 printable characters")
+    if db.session.scalar(select(ServiceKey.id).where(ServiceKey.name == name)) is not None:
+        raise ServiceKeyError(f"a service key named {name!r} exists already")
+    unknown = sorted(set(providers) - known_providers)
+    if unknown:
+        configured = ", ".join(sorted(known_providers)) or "none"
+        raise ServiceKeyError(f"unknown provider {unknown[0]!r}; configured: {configured}")
+    key = generate_key()
+    row = ServiceKey(
+        name=name,
+        key_prefix=key[:DISPLAY_PREFIX_LENGTH],
+        key_hash=hash_key(key),
+        allowed_providers=sorted(set(providers)),
+    )
+    db.session.add(row)
+    db.session.flush()
+    scope = ", ".join(row.allowed_providers) or "all providers"
+    audit.record("service_key.created", target=name, actor=actor, detail=f"providers: {scope}")
+    return row, key
+
+
+def list_keys() -> list[ServiceKey]:
+    """Every service key, revoked ones included, by name."""
+    return list(db.session.scalars(select(ServiceKey).order_by(ServiceKey.name)))
+
+
+def revoke_key(name: str, *, actor: str = "cli") -> ServiceKey:
+    """Revoke the key named ``name`` (audited, not committed); revoking twice is an error."""
+    row = db.session.scalar(select(ServiceKey).where(ServiceKey.name == name))
+    if row is None:
+        raise ServiceKeyError(f"no service key is named {name!r}")
+    if row.revoked_at is not None:
+        raise ServiceKeyError(f"service key {name!r} was revoked already")
+    row.revoked_at = utcnow()
+    audit.record("service_key.revoked", target=name, actor=actor)
+    return row
+
+
+def authenticate(presented: str | None) -> AuthenticatedKey | None:
+    """The live key matching ``presented``, or None (unknown, malformed or revoked).
+
+    The lookup is by hash, so the time it takes says nothing about any stored key. Commits
+    (at most once a minute per key) when it moves the key's ``last_used_at`` on.
+    """
+    if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 200:
+        return None
+    row = db.session.execute(
+        select(
+            ServiceKey.id, ServiceKey.name, ServiceKey.allowed_providers, ServiceKey.last_used_at
+        ).where(ServiceKey.key_hash == hash_key(presented), ServiceKey.revoked_at.is_(None))
+    ).one_or_none()
+    if row is None:
+        return None
+    _touch(row.id, row.last_used_at)
+    return AuthenticatedKey(row.id, row.name, tuple(row.allowed_providers or ()))
+
+
+def _touch(key_id: int, last_used_at: datetime | None) -> None:
+    now = utcnow()
+    if last_used_at is not None and now - last_used_at < LAST_USED_RESOLUTION:
+        return
+    db.session.execute(update(ServiceKey).where(ServiceKey.id == key_id).values(last_used_at=now))
+    db.session.commit()

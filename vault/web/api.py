@@ -1,0 +1,181 @@
+"""The token API for the company's integrations (DESIGN.md section 7), under ``/api/v1``.
+
+Authenticated by service keys only (``Authorization: Bearer tvk_...``), checked here in the
+blueprint's own ``before_request``; no browser session is needed or used, so CSRF does not
+apply. Every answer is JSON, every error too, and nothing may be cached.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from flask import Blueprint, current_app, g, jsonify, request
+from sqlalchemy import and_, select
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response
+
+from vault import audit, service_keys
+from vault.crypto import DecryptionError
+from vault.extensions import csrf, db
+from vault.models import Connection, Token, TokenKind, utcnow
+from vault.refresh import ProviderUnavailable
+from vault.store import NeedsReconnect, TokenUnavailable, token_vault
+from vault.web.api_spec import openapi_document
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+MAX_ID = 2**31 - 1  # ids beyond a 32-bit integer cannot exist (and would overflow a query)
+PROVIDER_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+OPEN_ENDPOINTS = frozenset({"api.openapi"})
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@bp.before_request
+def authenticate_service_key() -> Response | None:
+    """Let through only requests that carry a live service key (the spec is public)."""
+    if request.endpoint in OPEN_ENDPOINTS:
+        return None
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    key = service_keys.authenticate(presented.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
+        response = _error(401, "unauthorized", "send a valid service key as a Bearer token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="token-vault"'
+        return response
+    g.service_key = key
+    return None
+
+
+@bp.after_request
+def never_cache(response: Response) -> Response:
+    """Tokens must not stay in any cache on the way."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3 description of this API."""
+    return jsonify(openapi_document())
+
+
+@bp.get("/connections")
+def list_connections():
+    """Connections this key may read, without any secret; ``?provider=KEY`` filters."""
+    key: service_keys.AuthenticatedKey = g.service_key
+    access = Token.__table__.alias("access")
+    statement = (
+        select(Connection, access.c.expires_at)
+        .outerjoin(
+            access,
+            and_(access.c.connection_id == Connection.id, access.c.kind == TokenKind.ACCESS.value),
+        )
+        .order_by(Connection.id)
+    )
+    provider = request.args.get("provider")
+    if provider is not None:
+        if not PROVIDER_KEY.match(provider):
+            return _error(400, "invalid_provider", "provider must be a provider key")
+        if not key.allows(provider):
+            return _error(403, "forbidden", "this key may not read that provider's connections")
+        statement = statement.where(Connection.provider == provider)
+    elif key.allowed_providers:
+        statement = statement.where(Connection.provider.in_(key.allowed_providers))
+    rows = db.session.execute(statement).all()
+    return jsonify(connections=[_connection_json(c, expires_at) for c, expires_at in rows])
+
+
+@bp.get("/connections/<int:connection_id>/access-token")
+def access_token(connection_id: int):
+    """A usable access token, refreshed first when it expires within the refresh buffer."""
+    key: service_keys.AuthenticatedKey = g.service_key
+    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ID else None
+    if connection is None:
+        return _error(404, "not_found", "no such connection")
+    if not key.allows(connection.provider):
+        return _error(403, "forbidden", "this key may not read that provider's connections")
+    try:
+        token = token_vault.get_access_token(connection)
+    except NeedsReconnect as error:
+        return _error(409, "needs_reconnect", str(error) or "the account must be connected again")
+    except ProviderUnavailable as error:
+        response = _error(503, "provider_unavailable", str(error))
+        if error.retry_at is not None:
+            seconds = max(1, int((error.retry_at - utcnow()).total_seconds()))
+            response.headers["Retry-After"] = str(seconds)
+        return response
+    except TokenUnavailable as error:
+        return _error(503, "token_unavailable", str(error))
+    except DecryptionError:
+        current_app.logger.error("connection %s: stored token cannot be decrypted", connection_id)
+        return _error(500, "undecryptable", "the stored token cannot be decrypted")
+    audit.record(
+        "token.handed_out", target=connection.provider, connection=connection, actor=key.actor
+    )
+    db.session.commit()
+    return jsonify(
+        access_token=token.value, token_type=token.token_type, expires_at=_iso(token.expires_at)
+    )
+
+
+@bp.route("/<path:path>", methods=ANY_METHOD)
+def unknown(path: str):
+    """Anything else under /api/v1: 405 for a known path, else 404, in JSON."""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    try:
+        rule, _ = adapter.match(method="GET", return_rule=True)
+    except HTTPException:
+        rule = None
+    if rule is not None and rule.endpoint != request.endpoint:
+        response = _error(405, "method_not_allowed", "this API is read-only")
+        response.headers["Allow"] = ", ".join(sorted(rule.methods or ()))
+        return response
+    return _error(404, "not_found", "no such endpoint")
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException):
+    """Errors raised inside the API answer JSON, never an HTML page."""
+    response = _error(error.code or 500, _slug(error.name), error.description or "")
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+@bp.errorhandler(Exception)
+def unexpected_error(error: Exception):
+    """A bug or an outage: logged (scrubbed), answered with a JSON 500."""
+    db.session.rollback()
+    current_app.logger.exception("API request failed")
+    return _error(500, "internal_error", "the request could not be completed")
+
+
+def _error(status: int, error: str, message: str) -> Response:
+    response = jsonify(error=error, message=message)
+    response.status_code = status
+    return response
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "_")
+
+
+def _connection_json(connection: Connection, expires_at: datetime | None) -> dict:
+    return {
+        "id": connection.id,
+        "provider": connection.provider,
+        "account_subject": connection.account_subject,
+        "account_email": connection.account_email,
+        "account_name": connection.account_name,
+        "status": connection.status,
+        "scopes": connection.scopes_granted.split(),
+        "expires_at": _iso(expires_at),
+        "last_refreshed_at": _iso(connection.last_refreshed_at),
+        "last_error": connection.last_error,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None

@@ -1,0 +1,138 @@
+"""The OpenAPI 3 document served at ``/api/v1/openapi.json`` (kept by hand, tested)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+
+def _json(schema_ref: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}},
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    descriptions = {
+        400: "A parameter is malformed.",
+        401: "No, an unknown or a revoked service key.",
+        403: "The key may not read this provider's connections.",
+        404: "No such connection.",
+        409: "The account must be connected again (error `needs_reconnect`).",
+        500: "A stored value cannot be decrypted (error `undecryptable`).",
+        503: "The token has expired and the provider cannot be reached; see Retry-After.",
+    }
+    return {str(status): _json("Error", descriptions[status]) for status in statuses}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API description as a plain dict."""
+    connection_id = {
+        "name": "connection_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    }
+    provider = {
+        "name": "provider",
+        "in": "query",
+        "required": False,
+        "description": "Only connections of this provider (a key from the providers file).",
+        "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Token Vault API",
+            "version": "1",
+            "description": (
+                "Fresh access tokens for the company's integrations. Authenticate with a "
+                "service key (`flask service-keys create NAME`) as `Authorization: Bearer "
+                "<key>`. Every token handed out is audited. Responses are never cacheable."
+            ),
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"serviceKey": []}],
+        "paths": {
+            "/connections": {
+                "get": {
+                    "operationId": "listConnections",
+                    "summary": "Connections this key may read (no secrets).",
+                    "parameters": [provider],
+                    "responses": {
+                        "200": _json("ConnectionList", "The connections, by id."),
+                        **_errors(400, 401, 403),
+                    },
+                }
+            },
+            "/connections/{connection_id}/access-token": {
+                "get": {
+                    "operationId": "getAccessToken",
+                    "summary": "A usable access token, refreshed first when it expires soon.",
+                    "parameters": [connection_id],
+                    "responses": {
+                        "200": _json("AccessToken", "The access token."),
+                        **_errors(401, 403, 404, 409, 500, 503),
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "serviceKey": {"type": "http", "scheme": "bearer", "bearerFormat": "tvk_..."}
+            },
+            "schemas": {
+                "AccessToken": {
+                    "type": "object",
+                    "required": ["access_token", "token_type", "expires_at"],
+                    "properties": {
+                        "access_token": {"type": "string"},
+                        "token_type": {"type": "string", "example": "Bearer"},
+                        "expires_at": {
+                            **NULLABLE_TIME,
+                            "description": "UTC; null when the provider did not say.",
+                        },
+                    },
+                },
+                "Connection": {
+                    "type": "object",
+                    "required": ["id", "provider", "account_subject", "status", "scopes"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "provider": {"type": "string"},
+                        "account_subject": {"type": "string"},
+                        "account_email": {"type": "string", "nullable": True},
+                        "account_name": {"type": "string", "nullable": True},
+                        "status": {
+                            "type": "string",
+                            "enum": ["active", "needs_reconnect", "error", "disconnected"],
+                        },
+                        "scopes": {"type": "array", "items": {"type": "string"}},
+                        "expires_at": NULLABLE_TIME,
+                        "last_refreshed_at": NULLABLE_TIME,
+                        "last_error": {"type": "string", "nullable": True},
+                    },
+                },
+                "ConnectionList": {
+                    "type": "object",
+                    "required": ["connections"],
+                    "properties": {
+                        "connections": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Connection"},
+                        }
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }

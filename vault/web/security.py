@@ -1,0 +1,269 @@
+"""The web security baseline: who may reach what, sessions, headers, cookies and error pages.
+
+``init_security(app)`` installs it all. Every request passes one app-wide check
+(:func:`_guard_request`): only the endpoints in :data:`PUBLIC_ENDPOINTS` are reachable without
+signing in (the JSON API checks its service keys itself), so a new blueprint is protected
+without doing anything. Admin-only views use :func:`admin_required`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Callable
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from flask import (
+    Flask,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user, login_user, logout_user
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response
+
+from vault.accounts import SignedInUser, session_marker
+from vault.extensions import db, limiter, login_manager
+from vault.models import User, utcnow
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Reachable without a session. Everything else, including blueprints added later, needs one.
+# The connect blueprint's OAuth callback must be its view ``callback``.
+PUBLIC_ENDPOINTS = frozenset({
+    "static",
+    "main.healthz",
+    "auth.login",
+    "auth.sso_start",
+    "auth.sso_callback",
+    "connect.callback",
+})
+# Blueprints that authenticate every request themselves and use no session: the JSON API
+# (service keys). Any other blueprint, including one added later, needs a signed-in user.
+SELF_AUTHENTICATING_BLUEPRINTS = frozenset({"api"})
+# All a user who must choose a new password can reach until they have.
+PASSWORD_CHANGE_ENDPOINTS = frozenset({"auth.change_password", "auth.logout"})
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+STRICT_TRANSPORT_SECURITY = "max-age=63072000; includeSubDomains"
+COOKIE_SETTINGS = {
+    # The __Host- prefix makes browsers insist on Secure, Path=/ and no Domain, so no other
+    # host under the same domain can plant or overwrite the cookie. Browsers accept Secure
+    # cookies on http://localhost and http://127.0.0.1, so local development works unchanged.
+    "SESSION_COOKIE_NAME": "__Host-session",
+    "SESSION_COOKIE_SECURE": True,
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "SESSION_COOKIE_PATH": "/",
+    "SESSION_COOKIE_DOMAIN": None,
+    # There is no "remember me"; should a remember cookie ever be set, it is as strict.
+    "REMEMBER_COOKIE_NAME": "__Host-remember",
+    "REMEMBER_COOKIE_SECURE": True,
+    "REMEMBER_COOKIE_HTTPONLY": True,
+    "REMEMBER_COOKIE_SAMESITE": "Lax",
+    "REMEMBER_COOKIE_PATH": "/",
+    # With Referrer-Policy: no-referrer browsers send no Referer, which Flask-WTF's HTTPS
+    # referrer check demands; refusing Sec-Fetch-Site: cross-site takes its place.
+    "WTF_CSRF_SSL_STRICT": False,
+}
+
+# Session keys (the session holds who signed in and when; never a token).
+SIGNED_IN_AT = "signed_in_at"
+LAST_SEEN_AT = "last_seen_at"
+CREDENTIAL_MARKER = "credential_marker"
+# The idle clock is moved on at most once a minute, so not every response rewrites the cookie.
+SEEN_RESOLUTION_SECONDS = 60
+
+View = TypeVar("View", bound=Callable)
+
+
+def init_security(app: Flask) -> None:
+    """Install the security baseline on ``app`` (call after the extensions are bound)."""
+    app.config.update(COOKIE_SETTINGS)
+    proxies = app.config["VAULT_TRUSTED_PROXIES"]
+    if proxies:
+        # Only what every reverse proxy sets itself: the client address and the scheme (for
+        # HSTS and Secure cookies). Many proxies pass X-Forwarded-Host/-Prefix from the client.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
+    login_manager.session_protection = "basic"
+    login_manager.user_loader(_load_user)
+    # First of all before-request functions, ahead of CSRFProtect and Flask-Limiter: a
+    # cross-site or anonymous request is turned away before anything else looks at it.
+    app.before_request_funcs.setdefault(None, []).insert(0, _guard_request)
+    app.after_request(_set_security_headers)
+    app.register_error_handler(CSRFError, _csrf_error)
+    for code in (400, 403, 404, 405, 429):
+        app.register_error_handler(code, _error_page)
+
+
+def admin_required(view: View) -> View:
+    """Let only admins through to ``view``; anyone else gets 403 and the view never runs."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        require_admin()
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def require_admin() -> None:
+    """Abort with 403 unless an admin is signed in (for views and ``before_request``)."""
+    if not (current_user.is_authenticated and current_user.is_admin):
+        abort(403, "Only an administrator may do this.")
+
+
+def start_session(user: User) -> None:
+    """Sign ``user`` in with a brand-new session: nothing of the previous one survives."""
+    session.clear()  # no session fixation: a planted session carries nothing over
+    g.pop("csrf_token", None)  # Flask-WTF caches the old session's token for this request
+    login_user(SignedInUser(user))
+    now = _now()
+    session[SIGNED_IN_AT] = now
+    session[LAST_SEEN_AT] = now
+    session[CREDENTIAL_MARKER] = session_marker(user)
+
+
+def end_session() -> None:
+    """Sign out and forget everything the session held."""
+    logout_user()
+    session.clear()
+
+
+def safe_next_path(target: str | None, default: str = "/") -> str:
+    """``target`` if it is a path on this site, else ``default``: ``next`` never leaves it.
+
+    Refuses absolute and scheme-relative URLs (``//host``, ``/\\host``, which browsers read
+    as ``//host``), schemes (``javascript:``, ``https:host``) and control characters, which
+    browsers strip before reading the URL.
+    """
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return default
+    if "\\" in target or any(ch.isspace() or not ch.isprintable() for ch in target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
+def current_path() -> str | None:
+    """Where to come back to after signing in: the GET request's path and query, else None."""
+    if request.method != "GET":
+        return None  # a form post cannot be replayed by a redirect
+    return request.full_path.rstrip("?")
+
+
+def is_api_request() -> bool:
+    """True for the JSON API, which answers errors in JSON instead of HTML pages."""
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def _now() -> int:
+    return int(utcnow().timestamp())
+
+
+def _load_user(user_id: str) -> SignedInUser | None:
+    # Called by Flask-Login once a request: a disabled user, or one whose password changed
+    # since this session began, is not signed in any more.
+    try:
+        user = db.session.get(User, int(user_id))
+    except ValueError:
+        return None
+    if user is None or not user.enabled:
+        return None
+    if not hmac.compare_digest(str(session.get(CREDENTIAL_MARKER, "")), session_marker(user)):
+        return None
+    return SignedInUser(user)
+
+
+def _guard_request() -> Response | None:
+    if request.method not in SAFE_METHODS and request.headers.get("Sec-Fetch-Site") == "cross-site":
+        abort(403, "Requests from other sites may not change anything here.")
+    if request.endpoint == "static" or request.blueprint in SELF_AUTHENTICATING_BLUEPRINTS:
+        return None
+    _end_stale_session()
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    if not current_user.is_authenticated:
+        if is_api_request():
+            return _json_error("unauthorized", 401)
+        return redirect(url_for("auth.login", next=current_path()))
+    if current_user.must_change_password and request.endpoint not in PASSWORD_CHANGE_ENDPOINTS:
+        if is_api_request():
+            return _json_error("password_change_required", 403)
+        return redirect(url_for("auth.change_password", next=current_path()))
+    return None
+
+
+def _end_stale_session() -> None:
+    if "_user_id" not in session:
+        return
+    now = _now()
+    idle_limit = current_app.config["VAULT_SESSION_IDLE_MINUTES"] * 60
+    age_limit = current_app.config["VAULT_SESSION_MAX_HOURS"] * 3600
+    expired = (
+        now - session.get(LAST_SEEN_AT, 0) > idle_limit
+        or now - session.get(SIGNED_IN_AT, 0) > age_limit
+    )
+    if expired or not current_user.is_authenticated:
+        end_session()
+        if not is_api_request():
+            flash(
+                "Your session has expired. Please sign in again."
+                if expired
+                else "Please sign in again.",
+                "info",
+            )
+        return
+    if now - session[LAST_SEEN_AT] >= SEEN_RESOLUTION_SECONDS:
+        session[LAST_SEEN_AT] = now
+
+
+def _set_security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"  # OAuth codes travel in URLs
+    headers["X-Frame-Options"] = "DENY"  # frame-ancestors, for browsers that predate it
+    if request.endpoint != "static":
+        headers["Cache-Control"] = "no-store"
+    if request.is_secure:
+        headers["Strict-Transport-Security"] = STRICT_TRANSPORT_SECURITY
+    return response
+
+
+def _json_error(error: str, status: int) -> tuple[Response, int]:
+    return jsonify(error=error), status
+
+
+def _error_page(error: HTTPException) -> tuple[Response | str, int]:
+    status = error.code or 500
+    if is_api_request():
+        return _json_error(error.name.lower().replace(" ", "_"), status)
+    response = current_app.make_response(
+        (render_template("errors/error.html", title=error.name, message=error.description), status)
+    )
+    if status == 429 and limiter.current_limit is not None:
+        response.headers["Retry-After"] = str(max(1, limiter.current_limit.reset_at - _now()))
+    return response, status
+
+
+def _csrf_error(error: CSRFError) -> tuple[Response | str, int]:
+    error.description = (
+        "This form has expired or did not come from this site. Go back, reload the page and "
+        "try again."
+    )
+    return _error_page(error)
