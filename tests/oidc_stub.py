@@ -78,7 +78,10 @@ class OIDCStub:
         self.issued: list[dict[str, Any]] = []
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
         self.issuer = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval at every test's end.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def __enter__(self) -> OIDCStub:
         self._thread.start()

@@ -260,6 +260,15 @@ def test_single_sign_on_returns_to_the_page_asked_for_if_it_is_local(
     assert sign_in_with_sso(client, stub, next=next).headers["Location"] == landing
 
 
+def test_the_redirect_uri_follows_vault_base_url(app_config, stub, request):
+    app_config["VAULT_BASE_URL"] = "https://vault.example.com"
+    client = request.getfixturevalue("client")
+
+    params = start(client)
+
+    assert params["redirect_uri"] == "https://vault.example.com/login/sso/acme/callback"
+
+
 def test_a_provider_that_cannot_be_reached_is_reported(sso_settings, request):
     sso_settings["server_metadata_url"] = '"http://127.0.0.1:9/.well-known/openid-configuration"'
     client = request.getfixturevalue("client")

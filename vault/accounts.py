@@ -10,7 +10,6 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask_login import UserMixin
 from sqlalchemy import func, select
 
 from vault.extensions import db
@@ -198,37 +197,3 @@ def _keep_an_admin(user: User) -> None:
     )
     if user.enabled and not others:
         raise AccountError(f"{user.email} is the last enabled admin; make another admin first")
-
-
-class SignedInUser(UserMixin):
-    """Flask-Login's view of a signed-in staff member; ``user`` is the database row."""
-
-    def __init__(self, user: User):
-        self.user = user
-
-    def get_id(self) -> str:
-        return str(self.user.id)
-
-    @property
-    def is_active(self) -> bool:
-        return self.user.enabled
-
-    @property
-    def id(self) -> int:
-        return self.user.id
-
-    @property
-    def email(self) -> str:
-        return self.user.email
-
-    @property
-    def role(self) -> str:
-        return self.user.role
-
-    @property
-    def is_admin(self) -> bool:
-        return self.user.is_admin
-
-    @property
-    def must_change_password(self) -> bool:
-        return self.user.must_change_password

@@ -46,9 +46,7 @@ def record(
 
 
 def _user_row(actor: object) -> User | None:
-    # A User, or Flask-Login's signed-in user (accounts.SignedInUser, perhaps behind the
-    # current_user proxy), whose database row is ``.user``.
-    if isinstance(actor, User):
-        return actor
-    row = getattr(actor, "user", None)
-    return row if isinstance(row, User) else None
+    # A User, or the current_user proxy standing for one.
+    if hasattr(actor, "_get_current_object"):
+        actor = actor._get_current_object()
+    return actor if isinstance(actor, User) else None

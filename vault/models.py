@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from flask_login import UserMixin
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
 
@@ -100,8 +101,8 @@ class TimestampMixin:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class User(TimestampMixin, Base):
-    """A member of staff who signs in to the dashboard."""
+class User(UserMixin, TimestampMixin, Base):
+    """A member of staff who signs in to the dashboard (Flask-Login's user, too)."""
 
     __tablename__ = "users"
     __table_args__ = (CheckConstraint(_one_of("role", Role), name="role"),)
@@ -117,6 +118,11 @@ class User(TimestampMixin, Base):
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN.value
+
+    @property
+    def is_active(self) -> bool:
+        """Flask-Login: a disabled user cannot sign in and is signed out at once."""
+        return self.enabled
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.email} {self.role}>"

@@ -137,7 +137,7 @@ def logout():
 def change_password():
     """Change one's own password; other sessions of the same user end."""
     form = ChangePasswordForm()
-    user = current_user.user
+    user = current_user._get_current_object()
     if form.validate_on_submit():
         try:
             accounts.change_password(user, form.current_password.data, form.new_password.data)

@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from vault.accounts import SignedInUser, session_marker
+from vault.accounts import session_marker
 from vault.extensions import db, limiter, login_manager
 from vault.models import User, utcnow
 
@@ -129,7 +129,7 @@ def start_session(user: User) -> None:
     """Sign ``user`` in with a brand-new session: nothing of the previous one survives."""
     session.clear()  # no session fixation: a planted session carries nothing over
     g.pop("csrf_token", None)  # Flask-WTF caches the old session's token for this request
-    login_user(SignedInUser(user))
+    login_user(user)
     now = _now()
     session[SIGNED_IN_AT] = now
     session[LAST_SEEN_AT] = now
@@ -175,7 +175,7 @@ def _now() -> int:
     return int(utcnow().timestamp())
 
 
-def _load_user(user_id: str) -> SignedInUser | None:
+def _load_user(user_id: str) -> User | None:
     # Called by Flask-Login once a request: a disabled user, or one whose password changed
     # since this session began, is not signed in any more.
     try:
@@ -186,7 +186,7 @@ def _load_user(user_id: str) -> SignedInUser | None:
         return None
     if not hmac.compare_digest(str(session.get(CREDENTIAL_MARKER, "")), session_marker(user)):
         return None
-    return SignedInUser(user)
+    return user
 
 
 def _guard_request() -> Response | None:

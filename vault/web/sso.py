@@ -44,7 +44,12 @@ def staff_provider(key: str) -> Provider:
 
 def begin(provider: Provider) -> Response:
     """Redirect the browser to the provider's sign-in page."""
-    redirect_uri = url_for("auth.sso_callback", key=provider.key, _external=True)
+    # VAULT_BASE_URL, when set, pins the redirect URI to the one registered at the provider.
+    base = current_app.config.get("VAULT_BASE_URL")
+    path = url_for("auth.sso_callback", key=provider.key)
+    redirect_uri = base.rstrip("/") + path if base else url_for(
+        "auth.sso_callback", key=provider.key, _external=True
+    )
     try:
         return _client(provider).authorize_redirect(redirect_uri)
     except (requests.RequestException, ValueError, RuntimeError) as error:
