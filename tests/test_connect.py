@@ -419,3 +419,38 @@ def test_viewer_cannot_add_credentials(viewer_client, db):
         "label": "x", "api_key": "y" * 20, "csrf_token": csrf_token(viewer_client, "/")})
     assert response.status_code == 403
     assert_nothing_stored(db)
+
+
+# -- GreenInvoice: API key id and secret exchanged for a short-lived JWT ----------------------
+
+
+@pytest.fixture
+def greeninvoice(app_config, providers_file):
+    from tests.provider_stub import ProviderStub
+
+    with ProviderStub() as stub:
+        with providers_file.open("a") as handle:
+            handle.write(f'\n[greeninvoice]\npreset = "greeninvoice"\ntoken_url = "{stub.greeninvoice_url}"\n')
+        yield stub
+
+
+def test_greeninvoice_credentials_are_exchanged_for_a_jwt(greeninvoice, admin_client, db):
+    key_id, key_secret = greeninvoice.issue_api_key()
+    response = admin_client.post("/connect/greeninvoice/credentials", data={
+        "label": "Books", "api_key": key_id, "api_secret": key_secret,
+        "csrf_token": csrf_token(admin_client, "/")})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    connection = db.session.scalars(select(Connection)).one()
+    assert token_vault.get(connection, "api_key") == key_id
+    assert token_vault.get(connection, "api_secret") == key_secret
+    assert token_vault.get(connection, "access") == greeninvoice.issued_access_tokens[-1]
+    assert token_vault.token(connection, "access").expires_at is not None
+
+
+def test_greeninvoice_refusing_the_credentials_stores_nothing(greeninvoice, admin_client, db):
+    response = admin_client.post("/connect/greeninvoice/credentials", data={
+        "label": "Books", "api_key": "gi-id-wrong", "api_secret": "not-the-secret-value",
+        "csrf_token": csrf_token(admin_client, "/")})
+    assert response.status_code == 400
+    assert "refused these credentials" in response.get_data(as_text=True)
+    assert_nothing_stored(db)

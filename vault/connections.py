@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session
+from flask import current_app
 from sqlalchemy import select
 
 from vault import audit
@@ -19,6 +20,9 @@ from vault.discovery import DiscoveryError, server_metadata
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
 from vault.providers import Provider
+from vault.refresh_grants import (
+    Credentials, GrantRejected, NewTokens, NotRefreshable, ProviderFailure, request_tokens,
+)
 from vault.store import token_vault
 
 REVOCATION_TIMEOUT_SECONDS = 10
@@ -133,8 +137,14 @@ def add_credentials(
     expires_at: datetime | None = None,
     connection: Connection | None = None,
 ) -> Connection:
-    """Store pasted API credentials as a new connection, or replace an existing one's."""
+    """Store pasted API credentials as a new connection, or replace an existing one's.
+
+    For a provider with a key exchange (GreenInvoice) the credentials are exchanged first,
+    and the access token it answers is stored with them; credentials the provider refuses
+    are not stored at all.
+    """
     label = " ".join(label.split())
+    exchanged = _exchange_credentials(provider, values)
     if connection is None:
         subject = label.lower()
         exists = db.session.scalar(
@@ -163,8 +173,28 @@ def add_credentials(
             connection, kind, values[field_name],
             expires_at=expires_at if kind is TokenKind.API_KEY else None,
         )
+    if exchanged is not None:
+        token_vault.store(
+            connection, TokenKind.ACCESS, exchanged.access_token, expires_at=exchanged.expires_at
+        )
     audit.record(action, target=f"{provider.key}:{label}", connection=connection, actor=user)
     return connection
+
+
+def _exchange_credentials(provider: Provider, values: dict[str, str]) -> NewTokens | None:
+    """Trade API credentials for an access token where the provider works that way."""
+    if not provider.token_url or provider.type != "api_key":
+        return None
+    credentials = Credentials(api_key=values.get("api_key"), api_secret=values.get("api_secret"))
+    timeout = current_app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", 10)
+    try:
+        return request_tokens(provider, credentials, now=utcnow(), timeout=timeout)
+    except GrantRejected:
+        raise ConnectError(f"{provider.title} refused these credentials; nothing was stored.") from None
+    except (ProviderFailure, NotRefreshable) as error:
+        raise ConnectError(
+            f"{provider.title} could not be asked for a token ({error}); nothing was stored."
+        ) from None
 
 
 @dataclass(frozen=True)
