@@ -1,0 +1,254 @@
+"""Scale-out: two gunicorn instances and two `vault refresh-due` loops share one PostgreSQL.
+
+The provider stand-in rotates the refresh token on every use and rejects a reused one, so a
+refresh done twice, or a rotated token lost, shows up as a rejection or a broken connection.
+Midway the database is stopped and started again: requests must fail cleanly (JSON, no
+half-written rows) during the outage and succeed after it. The cluster is this test's own,
+so restarting it disturbs no other test.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+import requests
+from sqlalchemy import create_engine, select, text
+
+from tests.provider_stub import ProviderStub
+from vault import PROJECT_ROOT, create_app
+from vault.extensions import db
+from vault.models import Connection, utcnow
+from vault.service_keys import create_key
+from vault.store import token_vault
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+CONNECTIONS = 5
+CYCLES = 200
+OUTAGE_AT = CYCLES // 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true requires the scale-out test)")
+    pytest.skip(reason)
+
+
+@dataclass
+class Cluster:
+    """A private PostgreSQL cluster: ``url`` to its database, ``stop()`` / ``start()``."""
+
+    port: int
+    control: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/vault"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.control, *args], check=True, capture_output=True, timeout=60)
+
+    def stop(self) -> None:
+        self._ctl("stop", "-m", "fast")
+
+    def start(self) -> None:
+        self._ctl("start")
+
+
+@pytest.fixture
+def cluster():
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not binaries:
+        _unavailable("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    bindir = os.path.dirname(binaries[-1])
+    base = tempfile.mkdtemp(prefix="tokenvault-pg-")
+    as_postgres = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(base, "postgres", "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(base, "data")
+    subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", data, "-U", "postgres",
+                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+    port = _free_port()
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    control = [*as_postgres, f"{bindir}/pg_ctl", "-D", data, "-l", f"{base}/log", "-w",
+               "-o", options]
+    running = Cluster(port, control)
+    running.start()
+    subprocess.run([*as_postgres, f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port),
+                    "-U", "postgres", "vault"], check=True, capture_output=True, timeout=60)
+    yield running
+    subprocess.run([*control, "stop", "-m", "immediate"], capture_output=True, timeout=60)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def environment(cluster, tmp_path):
+    stub = ProviderStub().__enter__()
+    providers = tmp_path / "providers.toml"
+    providers.write_text(stub.providers_toml("acme"))
+    env = {
+        **os.environ,
+        "DATABASE_URL": cluster.url,
+        "SECRET_KEY": "scale-out-secret-key-0123456789abcdef",
+        "ENCRYPTION_SECRET": "scale-out-encryption-secret-0123456789",
+        "VAULT_PROVIDERS_FILE": str(providers),
+        "VAULT_PROVIDER_TIMEOUT_SECONDS": "5",
+    }
+    yield env, stub
+    stub.__exit__(None, None, None)
+
+
+def _flask(env, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _prepare(env, stub) -> tuple[object, str, list[int]]:
+    migrated = _flask(env, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    app = create_app({key: env[key] for key in (
+        "DATABASE_URL", "SECRET_KEY", "ENCRYPTION_SECRET", "VAULT_PROVIDERS_FILE")})
+    with app.app_context():
+        ids = []
+        for number in range(CONNECTIONS):
+            connection = Connection(provider="acme", account_subject=f"account-{number}",
+                                    account_email=f"account-{number}@example.com")
+            db.session.add(connection)
+            db.session.flush()
+            token_vault.store(connection, "access", f"initial-{number}",
+                              expires_at=utcnow() - timedelta(seconds=1))
+            token_vault.store(connection, "refresh", stub.issue_refresh_token())
+            ids.append(connection.id)
+        _row, key = create_key("scale-out", [], {"acme"})
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    return app, key, ids
+
+
+class Gunicorn:
+    def __init__(self, env):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4",
+             "--bind", f"127.0.0.1:{self.port}", "--timeout", "60", "app:app"],
+            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("gunicorn did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def test_two_instances_and_two_cron_runs_share_one_database(environment, cluster):
+    env, stub = environment
+    app, key, ids = _prepare(env, stub)
+    instances = [Gunicorn(env), Gunicorn(env)]
+    engine = create_engine(cluster.url, pool_pre_ping=True)
+    stop = threading.Event()
+    cron_exits: list[int] = []
+
+    def cron_loop():
+        while not stop.is_set():
+            cron_exits.append(_flask(env, "vault", "refresh-due", "--within", "60", "--json").returncode)
+            stop.wait(0.5)  # cron runs every few minutes; back to back would only burn CPU
+
+    cron = [threading.Thread(target=cron_loop) for _ in range(2)]
+    for thread in cron:
+        thread.start()
+
+    answers: list[tuple[int, int, dict | None]] = []  # cycle, status, body
+
+    def fetch(cycle: int, instance: Gunicorn, connection_id: int) -> None:
+        try:
+            response = requests.get(
+                f"{instance.url}/api/v1/connections/{connection_id}/access-token",
+                headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        except requests.RequestException:
+            answers.append((cycle, 0, None))
+            return
+        body = response.json() if response.headers.get("Content-Type", "").startswith("application/json") else None
+        answers.append((cycle, response.status_code, body))
+
+    outage_cycles: set[int] = set()
+    try:
+        with ThreadPoolExecutor(max_workers=2 * CONNECTIONS) as pool:
+            for cycle in range(CYCLES):
+                if cycle == OUTAGE_AT:
+                    cluster.stop()
+                    outage_cycles.add(cycle)
+                    list(pool.map(lambda args: fetch(*args),
+                                  [(cycle, i, c) for i in instances for c in ids]))
+                    cluster.start()
+                    continue
+                try:
+                    with engine.begin() as connection:  # every access token is due again
+                        connection.execute(text(
+                            "UPDATE tokens SET expires_at = now() - interval '1 second' "
+                            "WHERE kind = 'access'"))
+                except Exception:  # noqa: BLE001 - only right after the restart
+                    outage_cycles.add(cycle)
+                list(pool.map(lambda args: fetch(*args),
+                              [(cycle, i, c) for i in instances for c in ids]))
+    finally:
+        stop.set()
+        for thread in cron:
+            thread.join()
+        for instance in instances:
+            instance.stop()
+        engine.dispose()
+
+    # During the outage: clean JSON errors, never an HTML page or a hang.
+    during = [(status, body) for cycle, status, body in answers if cycle in outage_cycles]
+    assert during and all(status in (500, 503) and body and "error" in body for status, body in during), during
+    # Otherwise every request got a token the provider really issued.
+    after = [(status, body) for cycle, status, body in answers if cycle not in outage_cycles]
+    assert all(status == 200 for status, _ in after), Counter(status for status, _ in after)
+    assert {body["access_token"] for _, body in after} <= set(stub.issued_access_tokens)
+    assert any(cycle > OUTAGE_AT and status == 200 for cycle, status, _ in answers)
+
+    # No refresh token was ever presented twice, so no token request was duplicated.
+    used = Counter(r["form"].get("refresh_token") for r in stub.requests if r["path"] == "/token")
+    assert used and max(used.values()) == 1, [t for t, n in used.items() if n > 1][:3]
+    assert stub.count() >= CYCLES - len(outage_cycles)
+
+    # Nothing lost or half-written: every connection active, its newest refresh token live.
+    with app.app_context():
+        for connection in db.session.scalars(select(Connection)):
+            assert connection.status == "active", (connection.id, connection.last_error)
+            assert sorted(token.kind for token in connection.tokens) == ["access", "refresh"]
+            assert token_vault.get(connection, "refresh") in stub.valid_refresh_tokens
+        db.session.remove()
+        db.engine.dispose()
+    verified = _flask(env, "vault", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert cron_exits.count(0) >= 1
