@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import threading
 import time
@@ -23,8 +24,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.browser.fixtures import LiveServer
 
 CLIENT_ID = "vault-client"
 CLIENT_SECRET = "stub-client-secret-0123456789"
@@ -51,9 +53,13 @@ class ProviderStub:
         expires_in: int | None = 3600,
         refresh_token_expires_in: int | None = None,
         rotate: bool = True,
+        strict: bool = True,
     ):
         self.client_id, self.client_secret = client_id, client_secret
         self.delay, self.expires_in, self.rotate = delay, expires_in, rotate
+        # strict=False accepts any refresh token once (benchmarks seed thousands of them).
+        self.strict = strict
+        self.used_refresh_tokens: set[str] = set()
         self.refresh_token_expires_in = refresh_token_expires_in
         self.valid_refresh_tokens: set[str] = set()
         self.api_keys: dict[str, str] = {}
@@ -61,21 +67,15 @@ class ProviderStub:
         self.requests: list[dict[str, Any]] = []
         self.failures: deque[Failure] = deque()
         self._lock = threading.Lock()
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
-        self._server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._server.server_port}"
-        # A short poll interval: shutdown() waits up to one interval, at every test's end.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self._server = LiveServer(self._app)
+        self.base_url = self._server.url
 
     def __enter__(self) -> ProviderStub:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     # -- for tests ---------------------------------------------------------------------------
 
@@ -116,16 +116,9 @@ class ProviderStub:
 
     def providers_toml(self, key: str = "acme", **extra: str) -> str:
         """A providers-file table for an OAuth 2.0 provider pointing at this stub."""
-        lines = [
-            f"[{key}]",
-            'type = "oauth2"',
-            f'client_id = "{self.client_id}"',
-            f'client_secret = "{self.client_secret}"',
-            f'authorize_url = "{self.base_url}/authorize"',
-            f'token_url = "{self.token_url}"',
-        ]
-        lines += [f'{name} = "{value}"' for name, value in extra.items()]
-        return "\n".join(lines) + "\n"
+        return providers_toml(
+            key, self.base_url, client_id=self.client_id, client_secret=self.client_secret, **extra
+        )
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -164,6 +157,9 @@ class ProviderStub:
             if grant_type != "refresh_token":
                 return _json({"error": "unsupported_grant_type"}, 400)
             used = request.form.get("refresh_token", "")
+            if not self.strict and used not in self.used_refresh_tokens:
+                self.valid_refresh_tokens.add(used)
+            self.used_refresh_tokens.add(used)
             if used not in self.valid_refresh_tokens:
                 return _json(
                     {"error": "invalid_grant", "error_description": "Token has been revoked."}, 400
@@ -218,6 +214,35 @@ class ProviderStub:
                 "token_endpoint": self.token_url,
             }
         )
+
+
+def providers_toml(
+    key: str,
+    base_url: str,
+    *,
+    client_id: str = CLIENT_ID,
+    client_secret: str = CLIENT_SECRET,
+    **extra: str,
+) -> str:
+    """A providers-file table for an OAuth 2.0 provider served at ``base_url``."""
+    lines = [
+        f"[{key}]",
+        'type = "oauth2"',
+        f'client_id = "{client_id}"',
+        f'client_secret = "{client_secret}"',
+        f'authorize_url = "{base_url}/authorize"',
+        f'token_url = "{base_url}/token"',
+    ]
+    lines += [f'{name} = "{value}"' for name, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def serve(queue, stop, **options) -> None:
+    """Run a stub in a process of its own (benchmarks): put its base URL, wait for ``stop``."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    with ProviderStub(**options) as stub:
+        queue.put(stub.base_url)
+        stop.wait()
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:

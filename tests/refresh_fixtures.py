@@ -1,22 +1,35 @@
 """Fixtures and helpers shared by the refresh, batch-refresh and token-API tests.
 
-Test modules import the fixtures they use by name (``from tests.refresh_fixtures import
-stub, vault_app``); pytest finds fixtures in a module's namespace.
+Test modules take them all with ``from tests.refresh_fixtures import *``: pytest finds
+fixtures in a module's namespace, and only there, so ``postgres_url`` below (one database
+per module) replaces the conftest one for those modules alone.
 """
 
 from __future__ import annotations
 
 import socket
-import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
 
+from bench.database import temporary_database
 from tests.provider_stub import ProviderStub
 from vault.extensions import db
 from vault.models import Connection, TokenKind, utcnow
 from vault.store import token_vault
+
+__all__ = [
+    "OLD_ACCESS_TOKEN",
+    "both_backends",
+    "closed_port",
+    "load",
+    "make_connection",
+    "postgres_url",
+    "postgresql_only",
+    "stub",
+    "stub_config",
+    "vault_app",
+]
 
 OLD_ACCESS_TOKEN = "at-0-old-access-token-value"
 
@@ -48,7 +61,8 @@ def stub_config(app_config, providers_file, stub, closed_port):
         f'client_id = "{stub.client_id}"\nclient_secret = "{stub.client_secret}"\n'
         "[down]\n"
         'type = "oauth2"\n'
-        f'client_id = "c"\nclient_secret = "s"\nauthorize_url = "http://127.0.0.1:{closed_port}/a"\n'
+        'client_id = "c"\nclient_secret = "s"\n'
+        f'authorize_url = "http://127.0.0.1:{closed_port}/a"\n'
         f'token_url = "http://127.0.0.1:{closed_port}/token"\n'
         "[greeninvoice]\n"
         'preset = "greeninvoice"\n'
@@ -69,21 +83,6 @@ def stub_config(app_config, providers_file, stub, closed_port):
 def vault_app(stub_config, app):
     """``app`` configured for the stub; the test runs inside its app context."""
     return app
-
-
-@pytest.fixture
-def api_reachable(vault_app, monkeypatch):
-    """Let /api/v1 past the session check of vault/web/security.py.
-
-    The API authenticates service keys in its own blueprint; the app-wide sign-in check must
-    let the ``api`` blueprint through. This does so for the test until security.py does it
-    itself (then it changes nothing).
-    """
-    from vault.web import security
-
-    rules = vault_app.url_map.iter_rules()
-    endpoints = {rule.endpoint for rule in rules if rule.endpoint.startswith("api.")}
-    monkeypatch.setattr(security, "PUBLIC_ENDPOINTS", security.PUBLIC_ENDPOINTS | endpoints)
 
 
 def make_connection(
@@ -123,13 +122,9 @@ def postgres_url(postgres_server):
     Overrides the conftest fixture of the same name for modules that import it; each test
     still starts from empty tables, since the ``app`` fixture creates and drops them.
     """
-    name = f"tokenvault_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield postgres_server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database() as url:  # on the server VAULT_TEST_DATABASE_URL names
+        yield url
+
+
+both_backends = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -25,3 +25,14 @@ def fetch_access_token(config: dict, connection_id: int, barrier, results) -> No
         finally:
             db.session.remove()
             db.engine.dispose()
+
+
+def warm_up_fork_server() -> None:
+    """Stretch the test secret once in the fork server, so 50 children need not (~0.15 s each).
+
+    Called when the fork server imports ``tests.refresh_forkserver`` (see that module).
+    """
+    from tests.conftest import TEST_ENCRYPTION_SECRET
+    from vault.crypto import _stretch_secret
+
+    _stretch_secret(TEST_ENCRYPTION_SECRET)

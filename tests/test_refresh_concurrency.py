@@ -15,15 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.refresh_fixtures import (  # noqa: F401 - fixtures
-    closed_port,
-    load,
-    make_connection,
-    postgres_url,
-    stub,
-    stub_config,
-    vault_app,
-)
+from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from tests.refresh_workers import fetch_access_token
 from vault.extensions import db as _db
 from vault.models import AuditEvent, Connection, TokenKind
@@ -32,7 +24,7 @@ from vault.store import token_vault
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.slow,
-    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
+    postgresql_only,
 ]
 CALLERS = 50
 # forkserver: every child is a fresh process forked from a clean server process that has
@@ -43,10 +35,9 @@ MP_CONTEXT = os.environ.get("VAULT_TEST_MP_CONTEXT", "forkserver")
 
 def preloadable_modules() -> list[str]:
     """What building an app imported here: the fork server imports it once for all children."""
-    roots = {"vault", "tests", "flask", "flask_migrate", "flask_limiter", "flask_wtf", "authlib",
+    roots = {"vault", "flask", "flask_migrate", "flask_limiter", "flask_wtf", "authlib",
              "alembic", "sqlalchemy", "psycopg", "requests", "werkzeug", "cryptography"}
-    return sorted(name for name in sys.modules if name.partition(".")[0] in roots
-                  and not name.startswith("tests.test_"))
+    return sorted(name for name in sys.modules if name.partition(".")[0] in roots)
 
 
 def assert_one_refresh(stub, values, db, connection_id):
@@ -81,7 +72,7 @@ def test_processes_cause_one_provider_request(vault_app, app_config, db, stub):
     connection_id = make_connection(stub, expires_in=60)
     context = multiprocessing.get_context(MP_CONTEXT)
     if MP_CONTEXT == "forkserver":
-        context.set_forkserver_preload(preloadable_modules())
+        context.set_forkserver_preload([*preloadable_modules(), "tests.refresh_forkserver"])
     barrier, results = context.Barrier(CALLERS), context.Queue()
     processes = [
         context.Process(

@@ -7,23 +7,12 @@ import threading
 
 import pytest
 
-from tests.refresh_fixtures import (  # noqa: F401 - fixtures
-    closed_port,
-    load,
-    make_connection,
-    postgres_url,
-    stub,
-    stub_config,
-    vault_app,
-)
+from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from vault import create_app
 from vault.extensions import db as _db
 from vault.models import TokenKind
 from vault.refresh import refresh_due
 from vault.store import token_vault
-
-both_backends = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def refresh_due_cli(runner, *args):

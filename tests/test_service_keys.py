@@ -7,22 +7,23 @@ import hashlib
 import pytest
 from sqlalchemy import select, text
 
-from tests.refresh_fixtures import postgres_url  # noqa: F401 - fixture
+from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from vault import service_keys
 from vault.models import AuditEvent, ServiceKey
-
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
 def providers(providers_file):
-    providers_file.write_text('[voicenter]\npreset = "voicenter"\n[whatsapp]\npreset = "whatsapp"\n')
+    providers_file.write_text(
+        '[voicenter]\npreset = "voicenter"\n[whatsapp]\npreset = "whatsapp"\n', encoding="utf-8"
+    )
 
 
 def create(runner, *args):
     return runner.invoke(args=["service-keys", "create", *args])
 
 
+@both_backends
 def test_create_prints_the_key_once_as_the_last_line_and_stores_its_hash(providers, runner, db):
     result = create(runner, "billing", "--provider", "voicenter")
     assert result.exit_code == 0, result.output
@@ -40,6 +41,7 @@ def test_create_prints_the_key_once_as_the_last_line_and_stores_its_hash(provide
     assert service_keys.authenticate(key).allowed_providers == ("voicenter",)
 
 
+@postgresql_only
 def test_list_shows_prefix_providers_and_state_never_the_key(providers, runner, db):
     key = create(runner, "billing").output.strip().splitlines()[-1]
     create(runner, "chat", "--provider", "whatsapp", "--provider", "voicenter")
@@ -51,6 +53,7 @@ def test_list_shows_prefix_providers_and_state_never_the_key(providers, runner, 
     assert lines[1].startswith("chat\t") and "voicenter,whatsapp" in lines[1]
 
 
+@both_backends
 def test_revoke_stops_the_key_at_once(providers, runner, db):
     key = create(runner, "billing").output.strip().splitlines()[-1]
     assert service_keys.authenticate(key) is not None
@@ -64,6 +67,7 @@ def test_revoke_stops_the_key_at_once(providers, runner, db):
     assert missing.exit_code == 1 and "no service key" in missing.output
 
 
+@postgresql_only
 def test_create_refuses_duplicates_and_unknown_providers(providers, runner, db):
     assert create(runner, "billing").exit_code == 0
     duplicate = create(runner, "billing")
@@ -73,11 +77,13 @@ def test_create_refuses_duplicates_and_unknown_providers(providers, runner, db):
     assert db.session.scalar(select(ServiceKey.name).where(ServiceKey.name == "other")) is None
 
 
+@postgresql_only
 def test_authenticate_rejects_malformed_and_unknown_keys(providers, runner, db):
     for presented in (None, "", "Bearer x", "tvk_unknown", "tvk_" + "a" * 300):
         assert service_keys.authenticate(presented) is None
 
 
+@postgresql_only
 def test_last_used_moves_at_most_once_a_minute(providers, runner, db):
     key = create(runner, "billing").output.strip().splitlines()[-1]
     service_keys.authenticate(key)

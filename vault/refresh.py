@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import select, text, update
-from sqlalchemy.exc import OperationalError
 
 from vault import audit
+from vault import refresh_rows as rows
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
 from vault.redact import REDACTED, redact
@@ -55,13 +54,11 @@ __all__ = [
 DEFAULT_PROVIDER_TIMEOUT_SECONDS = 10
 DEFAULT_BACKOFF_BASE_SECONDS = 30
 DEFAULT_BACKOFF_CAP_SECONDS = 3600
-_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE raised when lock_timeout expires
 _CREDENTIAL_FIELDS = {
     "refresh_token": TokenKind.REFRESH,
     "api_key": TokenKind.API_KEY,
     "api_secret": TokenKind.API_SECRET,
 }
-_REFRESHABLE_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)
 
 Actor = User | str
 
@@ -98,10 +95,6 @@ class RefreshResult:
     @property
     def ok(self) -> bool:
         return self.outcome in (Outcome.REFRESHED, Outcome.ALREADY_FRESH, Outcome.SKIPPED)
-
-
-class _LockTimeout(Exception):
-    pass
 
 
 class RefreshEngine:
@@ -149,15 +142,18 @@ class RefreshEngine:
         """
         if not isinstance(window, timedelta):
             window = timedelta(seconds=window)
-        before = None if claimed else _fingerprint(connection_id)
+        before = None if claimed else rows.fingerprint(connection_id)
         with self._single_flight(connection_id, wait=not claimed) as acquired:
             if not acquired:
                 return RefreshResult(connection_id, Outcome.SKIPPED, "being refreshed already")
             try:
-                connection = _lock_row(connection_id)
-            except _LockTimeout:
+                if claimed:  # loaded and locked by the caller's claim, in this transaction
+                    connection = db.session.get(Connection, connection_id)
+                else:
+                    connection = rows.lock_row(connection_id, timeout=_lock_timeout())
+            except rows.LockTimeout:
                 db.session.rollback()
-                usable = _usable(_access_token(connection_id))
+                usable = rows.usable(rows.access_token(connection_id))
                 message = "another refresh of this connection is still running"
                 return RefreshResult(connection_id, Outcome.UNAVAILABLE, message, usable=usable)
             if connection is None:
@@ -194,9 +190,9 @@ class RefreshEngine:
         actor: Actor,
     ) -> RefreshResult:
         now = token_vault.clock()
-        tokens = _tokens(connection)
+        tokens = rows.read_tokens(connection)
         access = tokens.get(TokenKind.ACCESS.value)
-        usable = _usable(access, now)
+        usable = rows.usable(access, now)
 
         def finish(outcome: Outcome, message: str = "", retry_at=None) -> RefreshResult:
             db.session.commit()  # releases the row lock
@@ -208,7 +204,7 @@ class RefreshEngine:
             return finish(Outcome.UNAVAILABLE, "the connection is disconnected")
         if not force and usable and (access.expires_at is None or access.expires_at > now + window):
             return finish(Outcome.ALREADY_FRESH)
-        if before is not None and usable and _ciphertexts(tokens) != before:
+        if before is not None and usable and rows.ciphertexts(tokens) != before:
             return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
         if not force and connection.next_refresh_at and connection.next_refresh_at > now:
             message = f"backing off after failures: {connection.last_error or 'provider error'}"
@@ -224,14 +220,14 @@ class RefreshEngine:
                 if kind.value in tokens
             }
         )
-        used = _ciphertexts(tokens)
+        used = rows.ciphertexts(tokens)
         secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
         try:
             answer = request_tokens(provider, credentials, now=now, timeout=_timeout())
         except NotRefreshable as error:
             return finish(Outcome.UNAVAILABLE, str(error))
         except GrantRejected as error:
-            if _ciphertexts(_tokens(connection)) != used:
+            if rows.ciphertexts(rows.read_tokens(connection)) != used:
                 return finish(Outcome.ALREADY_FRESH, "the grant was replaced meanwhile")
             return self._rejected(connection, _scrub(str(error), secrets), actor)
         except ProviderFailure as error:
@@ -283,16 +279,7 @@ class RefreshEngine:
 
     def _rejected(self, connection: Connection, reason: str, actor: Actor) -> RefreshResult:
         token_vault.mark_invalid(connection, reason)
-        audit.record(
-            "token.refresh_failed",
-            target=connection.provider,
-            connection=connection,
-            actor=actor,
-            outcome="failure",
-            detail=f"needs reconnect: {reason}",
-        )
-        db.session.commit()
-        current_app.logger.warning("connection %s needs reconnecting: %s", connection.id, reason)
+        _record_failure(connection, actor, f"needs reconnect: {reason}")
         return RefreshResult(connection.id, Outcome.NEEDS_RECONNECT, reason)
 
     def _failed(
@@ -314,19 +301,23 @@ class RefreshEngine:
         connection.failure_count = failures + 1
         connection.last_error = sanitize_error(reason)
         connection.next_refresh_at = retry_at
-        audit.record(
-            "token.refresh_failed",
-            target=connection.provider,
-            connection=connection,
-            actor=actor,
-            outcome="failure",
-            detail=f"{reason}; retry after {retry_at.isoformat(timespec='seconds')}",
-        )
-        db.session.commit()
-        current_app.logger.warning(
-            "refresh of connection %s failed (%s failures): %s", connection.id, failures + 1, reason
-        )
+        retry = retry_at.isoformat(timespec="seconds")
+        _record_failure(connection, actor, f"{reason}; failure {failures + 1}, retry after {retry}")
         return RefreshResult(connection.id, Outcome.FAILED, reason, retry_at, usable)
+
+
+def _record_failure(connection: Connection, actor: Actor, detail: str) -> None:
+    """Audit and log a failed refresh, and commit what the caller changed with it."""
+    audit.record(
+        "token.refresh_failed",
+        target=connection.provider,
+        connection=connection,
+        actor=actor,
+        outcome="failure",
+        detail=detail,
+    )
+    db.session.commit()
+    current_app.logger.warning("refresh of connection %s failed: %s", connection.id, detail)
 
 
 def register_refresh(app: Flask) -> None:
@@ -353,89 +344,6 @@ def refresh_due(
     from vault.refresh_batch import run_batch  # the batch module builds on this one
 
     return run_batch(within, concurrency, actor=actor, progress=progress)
-
-
-# -- the database side of the protocol ---------------------------------------------------
-
-
-def _lock_row(connection_id: int) -> Connection | None:
-    """Lock the connection's row for this transaction and return it, freshly read."""
-    try:
-        if db.session.get_bind().dialect.name == "postgresql":
-            milliseconds = int(_lock_timeout() * 1000)
-            db.session.execute(text(f"SET LOCAL lock_timeout = '{milliseconds}ms'"))
-        else:
-            # SQLite: the first write takes the database's write lock (waiting up to its
-            # busy_timeout), which serialises refreshes across processes.
-            db.session.execute(
-                update(Connection)
-                .where(Connection.id == connection_id)
-                .values(updated_at=token_vault.clock())
-                .execution_options(synchronize_session=False)
-            )
-        connection = db.session.scalar(
-            select(Connection)
-            .where(Connection.id == connection_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    except OperationalError as error:
-        if _is_lock_timeout(error):
-            raise _LockTimeout() from None
-        raise
-    return connection
-
-
-def _is_lock_timeout(error: OperationalError) -> bool:
-    if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-        return True
-    return "database is locked" in str(error.orig)
-
-
-def _tokens(connection: Connection) -> dict[str, Token]:
-    """The connection's stored rows by kind, read afresh from the database."""
-    rows = db.session.scalars(
-        select(Token)
-        .where(
-            Token.connection_id == connection.id,
-            Token.kind.in_([kind.value for kind in _REFRESHABLE_KINDS]),
-        )
-        .execution_options(populate_existing=True)
-    )
-    return {row.kind: row for row in rows}
-
-
-def _access_token(connection_id: int) -> Token | None:
-    return db.session.scalar(
-        select(Token).where(
-            Token.connection_id == connection_id, Token.kind == TokenKind.ACCESS.value
-        )
-    )
-
-
-def _fingerprint(connection_id: int) -> dict[str, bytes]:
-    """The access and refresh ciphertexts as committed now: they change with every refresh."""
-    rows = db.session.execute(
-        select(Token.kind, Token.ciphertext).where(
-            Token.connection_id == connection_id,
-            Token.kind.in_([TokenKind.ACCESS.value, TokenKind.REFRESH.value]),
-        )
-    )
-    return {kind: bytes(ciphertext) for kind, ciphertext in rows}
-
-
-def _ciphertexts(tokens: dict[str, Token]) -> dict[str, bytes]:
-    return {
-        kind: bytes(tokens[kind].ciphertext)
-        for kind in (TokenKind.ACCESS.value, TokenKind.REFRESH.value)
-        if kind in tokens
-    }
-
-
-def _usable(token: Token | None, now: datetime | None = None) -> bool:
-    if token is None or not token.is_valid:
-        return False
-    return token.expires_at is None or token.expires_at > (now or token_vault.clock())
 
 
 def _timeout() -> float:

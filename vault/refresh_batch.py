@@ -129,35 +129,34 @@ class _Claims:
     """Hands each worker the next due connection, locked for it on PostgreSQL."""
 
     def __init__(self, window: timedelta, started: datetime, postgres: bool):
-        self.window, self.started, self.postgres = window, started, postgres
+        # Built once: "due" is judged as of the run's start, and a connection refreshed
+        # since then (by this run or any other) is not due any more.
+        statement = (
+            token_vault.expiring_statement(window)
+            .where(
+                or_(
+                    Connection.last_refreshed_at.is_(None),
+                    Connection.last_refreshed_at < started,
+                )
+            )
+            .limit(1)
+        )
+        if postgres:
+            statement = statement.with_for_update(skip_locked=True, of=Connection)
+        self.statement: Select = statement
         # Connections this run tried without making them not-due (failed with no back-off,
         # skipped, errors): never claimed twice by one run.
         self.excluded: set[int] = set()
         self.lock = threading.Lock()
 
     def next(self) -> int | None:
-        statement = self._statement()
-        if self.postgres:
-            statement = statement.with_for_update(skip_locked=True, of=Connection)
-        connection = db.session.scalar(statement)
-        return None if connection is None else connection.id
-
-    def _statement(self) -> Select:
-        statement = (
-            token_vault.expiring_statement(self.window)
-            .where(
-                or_(
-                    Connection.last_refreshed_at.is_(None),
-                    Connection.last_refreshed_at < self.started,
-                )
-            )
-            .limit(1)
-        )
+        statement = self.statement
         with self.lock:
             excluded = list(self.excluded)
         if excluded:
             statement = statement.where(Connection.id.not_in(excluded))
-        return statement
+        connection = db.session.scalar(statement)
+        return None if connection is None else connection.id
 
     def done(self, result: RefreshResult) -> None:
         if result.outcome is not Outcome.REFRESHED:

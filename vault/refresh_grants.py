@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -31,6 +32,7 @@ from vault.providers import Provider
 # Errors that mean the grant itself is gone (RFC 6749 section 5.2).
 REJECTED_GRANT_ERRORS = frozenset({"invalid_grant", "unauthorized_client"})
 CLIENT_CREDENTIALS = "client_credentials"
+_sessions = threading.local()
 
 
 class GrantRejected(Exception):
@@ -95,24 +97,20 @@ def _oauth_grant(
         url = token_endpoint(provider)
     except DiscoveryError as error:
         raise ProviderFailure(str(error)) from None
-    with OAuth2Session(
-        client_id=provider.client_id,
-        client_secret=provider.client_secret,
-        token_endpoint_auth_method=provider.token_endpoint_auth_method,
-    ) as session:
-        for hook in ("refresh_token_response", "access_token_response"):
-            session.register_compliance_hook(hook, _raise_for_unavailable)
-        try:
-            if refresh_token is not None:
-                answer = session.refresh_token(url, refresh_token=refresh_token, timeout=timeout)
-            else:
-                answer = session.fetch_token(url, grant_type=CLIENT_CREDENTIALS, timeout=timeout)
-        except AuthlibBaseError as error:
-            if error.error in REJECTED_GRANT_ERRORS:
-                raise GrantRejected(_oauth_reason(error)) from None
-            raise ProviderFailure(_oauth_reason(error)) from None
-        except (requests.RequestException, ValueError) as error:
-            raise _transport_failure(error) from None
+    session = _oauth_session(provider)
+    try:
+        if refresh_token is not None:
+            answer = session.refresh_token(url, refresh_token=refresh_token, timeout=timeout)
+        else:
+            answer = session.fetch_token(url, grant_type=CLIENT_CREDENTIALS, timeout=timeout)
+    except AuthlibBaseError as error:
+        if error.error in REJECTED_GRANT_ERRORS:
+            raise GrantRejected(_oauth_reason(error)) from None
+        raise ProviderFailure(_oauth_reason(error)) from None
+    except (requests.RequestException, ValueError) as error:
+        raise _transport_failure(error) from None
+    finally:
+        session.token = None  # the client keeps the last answer; nothing should linger
     if not answer.get("access_token"):
         raise ProviderFailure("the token endpoint answered without an access_token")
     # Authlib copies the old refresh token into the answer when none came back.
@@ -125,6 +123,28 @@ def _oauth_grant(
         id_token=answer.get("id_token") or None,
         scope=answer.get("scope") if isinstance(answer.get("scope"), str) else None,
     )
+
+
+def _oauth_session(provider: Provider) -> OAuth2Session:
+    """This thread's client for the provider, kept so that its connections are reused.
+
+    A refresh then costs no new TCP and TLS handshake with the provider. Keyed by the
+    client's credentials as well, so a changed providers file gets a new client.
+    """
+    sessions = _sessions.__dict__.setdefault("by_client", {})
+    key = (provider.key, provider.client_id, provider.client_secret,
+           provider.token_endpoint_auth_method)
+    session = sessions.get(key)
+    if session is None:
+        session = OAuth2Session(
+            client_id=provider.client_id,
+            client_secret=provider.client_secret,
+            token_endpoint_auth_method=provider.token_endpoint_auth_method,
+        )
+        for hook in ("refresh_token_response", "access_token_response"):
+            session.register_compliance_hook(hook, _raise_for_unavailable)
+        sessions[key] = session
+    return session
 
 
 def _exchange_api_key(

@@ -17,19 +17,24 @@ from werkzeug.wrappers import Response
 
 from vault import audit, service_keys
 from vault.crypto import DecryptionError
-from vault.extensions import csrf, db
+from vault.extensions import csrf, db, limiter
 from vault.models import Connection, Token, TokenKind, utcnow
 from vault.refresh import ProviderUnavailable
 from vault.store import NeedsReconnect, TokenUnavailable, token_vault
 from vault.web.api_spec import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-csrf.exempt(bp)
+csrf.exempt(bp)  # token-authenticated and read-only: there is no session to ride on
+limiter.exempt(bp)  # integrations poll; the app-wide limits are for people and forms
 
 MAX_ID = 2**31 - 1  # ids beyond a 32-bit integer cannot exist (and would overflow a query)
 PROVIDER_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 OPEN_ENDPOINTS = frozenset({"api.openapi"})
-ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+QUERY_PARAMETERS = {"api.list_connections": {"provider"}, "api.access_token": set()}
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Flask's automatic OPTIONS answer would list the catch-all route's methods in Allow too;
+# the catch-all answers OPTIONS instead, with the methods the path really supports.
+READ_ONLY = {"provide_automatic_options": False}
 
 
 @bp.before_request
@@ -44,6 +49,11 @@ def authenticate_service_key() -> Response | None:
         response.headers["WWW-Authenticate"] = 'Bearer realm="token-vault"'
         return response
     g.service_key = key
+    # A misspelt filter (?provder=...) must not silently widen the answer.
+    allowed = QUERY_PARAMETERS.get(request.endpoint)
+    unknown = sorted(set(request.args) - allowed) if allowed is not None else []
+    if unknown:
+        return _error(400, "unknown_parameter", f"unknown query parameter {unknown[0]!r}")
     return None
 
 
@@ -55,13 +65,13 @@ def never_cache(response: Response) -> Response:
     return response
 
 
-@bp.get("/openapi.json")
+@bp.get("/openapi.json", **READ_ONLY)
 def openapi():
     """The OpenAPI 3 description of this API."""
     return jsonify(openapi_document())
 
 
-@bp.get("/connections")
+@bp.get("/connections", **READ_ONLY)
 def list_connections():
     """Connections this key may read, without any secret; ``?provider=KEY`` filters."""
     key: service_keys.AuthenticatedKey = g.service_key
@@ -87,17 +97,25 @@ def list_connections():
     return jsonify(connections=[_connection_json(c, expires_at) for c, expires_at in rows])
 
 
-@bp.get("/connections/<int:connection_id>/access-token")
+@bp.get("/connections/<int:connection_id>/access-token", **READ_ONLY)
 def access_token(connection_id: int):
     """A usable access token, refreshed first when it expires within the refresh buffer."""
     key: service_keys.AuthenticatedKey = g.service_key
-    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ID else None
-    if connection is None:
+    # The connection and its access-token row in one query: this is the hot path.
+    found = None
+    if connection_id <= MAX_ID:
+        found = db.session.execute(
+            select(Connection, Token)
+            .outerjoin(Token, and_(Token.connection_id == Connection.id, Token.kind == "access"))
+            .where(Connection.id == connection_id)
+        ).one_or_none()
+    if found is None:
         return _error(404, "not_found", "no such connection")
+    connection, stored = found
     if not key.allows(connection.provider):
         return _error(403, "forbidden", "this key may not read that provider's connections")
     try:
-        token = token_vault.get_access_token(connection)
+        token = token_vault.get_access_token(connection, loaded=stored)
     except NeedsReconnect as error:
         return _error(409, "needs_reconnect", str(error) or "the account must be connected again")
     except ProviderUnavailable as error:
@@ -120,7 +138,7 @@ def access_token(connection_id: int):
     )
 
 
-@bp.route("/<path:path>", methods=ANY_METHOD)
+@bp.route("/<path:path>", methods=ANY_METHOD, **READ_ONLY)
 def unknown(path: str):
     """Anything else under /api/v1: 405 for a known path, else 404, in JSON."""
     adapter = current_app.url_map.bind_to_environ(request.environ)

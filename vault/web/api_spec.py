@@ -16,7 +16,7 @@ def _json(schema_ref: str, description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     descriptions = {
-        400: "A parameter is malformed.",
+        400: "A parameter is malformed or unknown.",
         401: "No, an unknown or a revoked service key.",
         403: "The key may not read this provider's connections.",
         404: "No such connection.",
@@ -74,7 +74,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [connection_id],
                     "responses": {
                         "200": _json("AccessToken", "The access token."),
-                        **_errors(401, 403, 404, 409, 500, 503),
+                        **_errors(400, 401, 403, 404, 409, 500, 503),
                     },
                 }
             },

@@ -1,0 +1,159 @@
+"""GET /api/v1/connections/<id>/access-token under gunicorn against a bare endpoint, one run.
+
+Both run under gunicorn (2 workers x 4 threads) on one PostgreSQL database and are loaded by
+the same generator (wrk when installed, else Python threads with keep-alive connections),
+alternately, best of three rounds each. The bare endpoint is a minimal Flask app that checks
+the same service key with the same code and answers constant JSON; the real one also loads
+the connection, decrypts the fresh token, audits the hand-out and commits. Target (issue 5):
+>= 50% of the bare endpoint's throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+from flask import Flask, jsonify, request
+
+from bench.database import bench_app, temporary_database
+from bench.timing import verdict
+from vault import service_keys
+from vault.config import database_url
+from vault.extensions import db
+from vault.models import Connection, TokenKind, utcnow
+from vault.store import token_vault
+
+ROUNDS, SECONDS, CONNECTIONS = 3, 4, 16
+TARGET = 0.5
+GUNICORN = ["--workers", "2", "--threads", "4", "--worker-class", "gthread",
+            "--log-level", "warning"]
+
+
+def vault_app() -> Flask:
+    """The real app (gunicorn ``bench.api:vault_app()``), configured from the environment."""
+    from vault import create_app
+
+    return create_app()
+
+
+def bare_app() -> Flask:
+    """The reference (gunicorn ``bench.api:bare_app()``): key check, constant answer."""
+    app = Flask("bare")
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url(os.environ["DATABASE_URL"])
+    db.init_app(app)
+
+    @app.get("/bare")
+    def bare():
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or service_keys.authenticate(presented.strip()) is None:
+            return jsonify(error="unauthorized"), 401
+        return jsonify(access_token="constant", token_type="Bearer", expires_at=None)
+
+    return app
+
+
+def _seed() -> tuple[int, str]:
+    connection = Connection(provider="bench", account_subject="bench-account")
+    db.session.add(connection)
+    db.session.flush()
+    token_vault.store(connection, TokenKind.ACCESS, "ya29." + secrets.token_urlsafe(120),
+                      expires_at=utcnow() + timedelta(hours=2))
+    _, key = service_keys.create_key("bench", [], set())
+    db.session.commit()
+    return connection.id, key
+
+
+@contextlib.contextmanager
+def _gunicorn(target: str, env: dict[str, str]) -> Iterator[int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "gunicorn", *GUNICORN, "--bind", f"127.0.0.1:{port}", target]
+    server = subprocess.Popen(command, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"gunicorn {target} did not start")
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _load(port: int, path: str, key: str) -> float:
+    """Successful requests per second over SECONDS seconds."""
+    if shutil.which("wrk"):
+        output = subprocess.run(
+            ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s",
+             "-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:{port}{path}"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        if "Non-2xx" in output:
+            raise RuntimeError(f"{path} answered errors under load:\n{output}")
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    return _python_load(port, path, key)
+
+
+def _python_load(port: int, path: str, key: str) -> float:
+    counts, stop = [0] * CONNECTIONS, time.monotonic() + SECONDS
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        while time.monotonic() < stop:
+            connection.request("GET", path, headers={"Authorization": f"Bearer {key}"})
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path} answered {response.status} under load")
+            counts[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / SECONDS
+
+
+def main() -> bool:
+    secret, session_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    with temporary_database() as url:
+        app = bench_app(url, ENCRYPTION_SECRET=secret, SECRET_KEY=session_secret)
+        with app.app_context():
+            connection_id, key = _seed()
+            db.session.remove()
+            db.engine.dispose()
+        env = {**os.environ, "DATABASE_URL": url, "ENCRYPTION_SECRET": secret,
+               "SECRET_KEY": session_secret, "VAULT_PROVIDERS_FILE": os.devnull}
+        token_path = f"/api/v1/connections/{connection_id}/access-token"
+        best = {"vault": 0.0, "bare": 0.0}
+        with _gunicorn("bench.api:vault_app()", env) as vault_port, \
+                _gunicorn("bench.api:bare_app()", env) as bare_port:
+            _load(vault_port, token_path, key)  # warm-up: connections, caches
+            _load(bare_port, "/bare", key)
+            for _ in range(ROUNDS):
+                best["vault"] = max(best["vault"], _load(vault_port, token_path, key))
+                best["bare"] = max(best["bare"], _load(bare_port, "/bare", key))
+    share = best["vault"] / best["bare"]
+    loader = "wrk" if shutil.which("wrk") else "Python threads"
+    print(f"load: {loader}, {CONNECTIONS} keep-alive connections, {SECONDS} s x {ROUNDS} rounds, "
+          f"best round; gunicorn {' '.join(GUNICORN[:6])}")
+    print(f"GET access-token (fresh token): {best['vault']:8.0f} requests/s")
+    print(f"bare endpoint, same key check:  {best['bare']:8.0f} requests/s")
+    print(f"access-token / bare: {share:6.0%} (target >= {TARGET:.0%})  {verdict(share >= TARGET)}")
+    return share >= TARGET
