@@ -164,3 +164,30 @@ def test_no_key_or_token_in_logs(vault_app, db, client, stub, key, caplog):
         assert secret not in caplog.text
     refreshed = token_vault.token(load(expiring), TokenKind.ACCESS)
     assert refreshed.expires_at > utcnow() + timedelta(minutes=30)
+
+
+@both_backends
+def test_api_key_connections_hand_out_their_key(vault_app, db, client):
+    connection = Connection(provider="voicenter", account_subject="calls")
+    db.session.add(connection)
+    db.session.flush()
+    token_vault.store(connection, TokenKind.API_KEY, "vc-api-token-0123456789")
+    db.session.commit()
+    voice = new_key(db, "dialer", providers=("voicenter",))
+    response = get(client, f"/connections/{connection.id}/access-token", voice)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.json == {"access_token": "vc-api-token-0123456789", "token_type": "Bearer",
+                             "expires_at": None}
+
+
+@both_backends
+def test_database_outage_answers_503_json(vault_app, db, client, key, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(service_keys, "authenticate", unreachable)
+    response = get(client, "/connections", key)
+    assert_json_error(response, 503, "database_unavailable")
+    assert response.headers["Retry-After"] == "5"

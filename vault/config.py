@@ -76,6 +76,17 @@ def load_config(
         "VAULT_TRUSTED_PROXIES": _integer(
             setting("VAULT_TRUSTED_PROXIES", 0), "VAULT_TRUSTED_PROXIES", 0
         ),
+        "VAULT_PROVIDER_TIMEOUT_SECONDS": _integer(
+            setting("VAULT_PROVIDER_TIMEOUT_SECONDS", 10), "VAULT_PROVIDER_TIMEOUT_SECONDS", 1
+        ),
+        "VAULT_REFRESH_BACKOFF_BASE_SECONDS": _integer(
+            setting("VAULT_REFRESH_BACKOFF_BASE_SECONDS", 30),
+            "VAULT_REFRESH_BACKOFF_BASE_SECONDS", 1,
+        ),
+        "VAULT_REFRESH_BACKOFF_CAP_SECONDS": _integer(
+            setting("VAULT_REFRESH_BACKOFF_CAP_SECONDS", 3600),
+            "VAULT_REFRESH_BACKOFF_CAP_SECONDS", 1,
+        ),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
     }

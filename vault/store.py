@@ -194,6 +194,12 @@ class TokenVault:
             raise TokenUnavailable("the connection is disconnected")
 
         token = loaded if loaded is not None else self.token(connection, TokenKind.ACCESS)
+        if token is None:
+            # API-key connections with nothing to exchange (Voicenter, WhatsApp): the key is
+            # what integrations authenticate with, so it is what they are handed.
+            api_key = self.token(connection, TokenKind.API_KEY)
+            if api_key is not None and self.token(connection, TokenKind.API_SECRET) is None:
+                token = api_key
         if self._needs_refresh(token, buffer):
             refresher = self._state.refresher
             if refresher is not None:
@@ -211,6 +217,8 @@ class TokenVault:
     def _needs_refresh(self, token: Token | None, buffer: timedelta) -> bool:
         if token is None or not token.is_valid:
             return True
+        if token.kind == TokenKind.API_KEY.value:
+            return False  # a pasted key cannot be refreshed; its expiry is the owner's to watch
         return token.expires_at is not None and token.expires_at <= self.clock() + buffer
 
     def find_expiring(

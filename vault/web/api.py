@@ -12,6 +12,7 @@ from datetime import datetime
 
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import and_, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
@@ -159,6 +160,17 @@ def http_error(error: HTTPException):
     response = _error(error.code or 500, _slug(error.name), error.description or "")
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+@bp.errorhandler(OperationalError)
+@bp.errorhandler(InterfaceError)
+def database_unavailable(error: Exception):
+    """The database cannot be reached (a restart, a failover): 503, and the client retries."""
+    db.session.rollback()
+    current_app.logger.warning("API request failed: database unavailable (%s)", type(error).__name__)
+    response = _error(503, "database_unavailable", "the database cannot be reached; retry shortly")
+    response.headers["Retry-After"] = "5"
     return response
 
 
