@@ -29,7 +29,12 @@ E2E_PROVIDER := tests/e2e/oidc_provider
 $(E2E_PROVIDER)/node_modules/.package-lock.json: $(E2E_PROVIDER)/package.json $(E2E_PROVIDER)/package-lock.json
 	npm ci --prefix $(E2E_PROVIDER) --no-audit --no-fund --loglevel=error
 
-test: $(VENV)/.dev-installed $(E2E_PROVIDER)/node_modules/.package-lock.json
+# axe-core, the accessibility checker the browser tests inject into every page (from npm).
+AXE := tests/browser/axe
+$(AXE)/node_modules/.package-lock.json: $(AXE)/package.json $(AXE)/package-lock.json
+	npm ci --prefix $(AXE) --no-audit --no-fund --loglevel=error
+
+test: $(VENV)/.dev-installed $(E2E_PROVIDER)/node_modules/.package-lock.json $(AXE)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev-installed

@@ -110,17 +110,20 @@ def register_refresh(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
-    from vault.web import api, auth, connect, connections, main
+    from vault.web import api, audit_log, auth, connect, connections, health, main
 
     app.register_blueprint(main.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(connect.bp)
     app.register_blueprint(connections.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(audit_log.bp)
     app.register_blueprint(api.bp)
 
 
 def register_commands(app: Flask) -> None:
     """Attach the ``flask`` command groups."""
+    from vault import cli_demo  # noqa: F401 - attaches ``vault seed-demo``
     from vault import cli_keys  # noqa: F401 - attaches ``vault rotate-key`` and ``vault verify``
     from vault import cli_refresh  # noqa: F401 - attaches ``vault refresh-due``
     from vault.cli import register_commands as attach

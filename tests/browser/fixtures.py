@@ -72,7 +72,7 @@ def page(chromium):
 def problems(page) -> list[str]:
     """Console errors and page errors: any CSP violation or script error lands here."""
     found: list[str] = []
-    page.on("console", lambda message: found.append(message.text) if message.type == "error" else None)
+    page.on("console", lambda msg: found.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda error: found.append(str(error)))
     return found
 

@@ -1,7 +1,7 @@
 """End-to-end fixtures: the real app on a loopback port, a real OIDC provider, Chromium.
 
-Chromium is Debian's (/usr/bin/chromium) driven by Playwright for Python; nothing is
-downloaded. Without Chromium, Playwright or Node.js these tests skip, except under CI=true.
+Chromium, the page, screenshots and the live server come from ``tests/browser/fixtures.py``.
+Without Chromium, Playwright or Node.js these tests skip, except under CI=true.
 """
 
 from __future__ import annotations
@@ -18,90 +18,24 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
+from tests.browser.fixtures import (  # noqa: F401 - fixtures, found by name
+    LiveServer,
+    chromium,
+    page,
+    screenshot,
+    unavailable,
+)
 from vault import create_app
 from vault.extensions import db
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 PROVIDER_DIR = Path(__file__).parent / "oidc_provider"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def _unavailable(reason: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true requires the end-to-end tests to run)")
-    pytest.skip(reason)
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """A headless Debian Chromium, launched through Playwright."""
-    if not Path(CHROMIUM).exists():
-        _unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(chromium):
-    """A fresh browser context (no cookies) and page."""
-    context = chromium.new_context()
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    yield page
-    context.close()
-
-
-@pytest.fixture
-def screenshot(page):
-    """``screenshot(name)`` saves the current page under test-artifacts/."""
-    ARTIFACTS.mkdir(exist_ok=True)
-
-    def take(name: str) -> Path:
-        path = ARTIFACTS / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
-        return path
-
-    return take
-
-
-class LiveServer:
-    """The real application served by Werkzeug on a loopback port, in a thread."""
-
-    def __init__(self, app, port: int = 0):
-        self.app = app
-        self._server = make_server("127.0.0.1", port, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def start(self) -> LiveServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
@@ -182,9 +116,9 @@ class NodeOIDCProvider:
 def node_oidc_provider(app_port):
     """The real OIDC provider, with this app registered as its client."""
     if shutil.which("node") is None:
-        _unavailable("Node.js is not installed")
+        unavailable("Node.js is not installed")
     if not (PROVIDER_DIR / "node_modules" / "oidc-provider").exists():
-        _unavailable(f"run `npm ci --prefix {PROVIDER_DIR}` (make test does)")
+        unavailable(f"run `npm ci --prefix {PROVIDER_DIR}` (make test does)")
     provider = NodeOIDCProvider(
         client_id="token-vault-e2e",
         client_secret="e2e-client-secret-0123456789abcdef",

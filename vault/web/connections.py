@@ -1,22 +1,26 @@
-"""Connections: list, detail (masked values), disconnect."""
+"""Connections: list, detail (masked values), manual refresh, disconnect."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from datetime import timedelta
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from sqlalchemy import select
 from wtforms import SubmitField
 
 from vault.connections import disconnect, missing_scopes
 from vault.crypto import DecryptionError
-from vault.extensions import db
-from vault.models import Connection, Token, TokenKind
+from vault.audit_search import connection_history
+from vault.dashboard import SORTS, ConnectionFilters, Health, list_connections
+from vault.extensions import db, limiter
+from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
+from vault.refresh import Outcome, RefreshResult, refresh_now
 from vault.store import token_vault
 from vault.web.security import admin_required
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
-PAGE_SIZE = 50
+REFRESH_LIMIT = "10 per minute"
 
 
 class ConfirmForm(FlaskForm):
@@ -30,41 +34,96 @@ def mask(value: str) -> str:
     return "••••" + value[-4:] if len(value) >= 12 else "••••"
 
 
+def _user_key() -> str:
+    return f"user:{current_user.id}"
+
+
 @bp.get("")
 def index():
-    """Every connection, soonest access-token expiry first."""
-    access = Token.__table__.alias("access")
-    statement = (
-        select(Connection, access.c.expires_at)
-        .outerjoin(access, (access.c.connection_id == Connection.id) & (access.c.kind == "access"))
-        .order_by(access.c.expires_at.is_(None), access.c.expires_at, Connection.id)
-    )
-    rows = db.session.execute(statement.limit(PAGE_SIZE)).all()
+    """Connections filtered by provider, health and account; soonest expiry first; 50 a page."""
+    filters = ConnectionFilters.from_args(request.args)
+    now = utcnow()
     providers = current_app.extensions["providers"]
-    return render_template("connections/index.html", rows=rows, providers=providers)
+    provider_choices = [(provider.key, provider.title) for provider in providers]
+    if filters.provider and filters.provider not in providers:
+        provider_choices.append((filters.provider, f"{filters.provider} (not configured)"))
+    return render_template(
+        "connections/index.html",
+        page=list_connections(filters, now),
+        filters=filters,
+        now=now,
+        providers=providers,
+        provider_choices=provider_choices,
+        status_choices=[(state.value, state.label) for state in Health],
+        sorts=SORTS,
+        # refresh-due picks a token up this long before it expires
+        buffer=timedelta(seconds=current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]),
+    )
 
 
 @bp.get("/<int:connection_id>")
 def detail(connection_id: int):
-    """One connection: its tokens masked, scopes, who connected it."""
+    """One connection: its tokens masked, scopes, who connected it, its audit history."""
     connection = db.get_or_404(Connection, connection_id)
     provider = current_app.extensions["providers"].get(connection.provider)
+    order = list(TokenKind)
     tokens = []
-    for token in sorted(connection.tokens, key=lambda t: list(TokenKind).index(TokenKind(t.kind))):
+    for token in sorted(connection.tokens, key=lambda t: order.index(TokenKind(t.kind))):
         try:
             shown = mask(token_vault.decrypt(token))
         except DecryptionError:
-            shown = None
+            shown = None  # the page says "undecryptable" and renders the rest
         tokens.append((token, shown))
+    kinds = {token.kind for token in connection.tokens}
+    missing = missing_scopes(connection, provider)
+    requested = connection.scopes_requested.split()
     return render_template(
         "connections/detail.html",
         connection=connection,
         provider=provider,
         tokens=tokens,
-        missing_scopes=missing_scopes(connection, provider),
-        has_refresh_token=any(t.kind == TokenKind.REFRESH.value for t in connection.tokens),
+        scopes=[(scope, scope not in missing) for scope in requested],
+        extra_scopes=[s for s in connection.scopes_granted.split() if s not in requested],
+        missing_scopes=missing,
+        has_refresh_token=TokenKind.REFRESH.value in kinds,
+        refreshable=bool(kinds & {TokenKind.REFRESH.value, TokenKind.API_SECRET.value}),
+        history=connection_history(connection.id),
         form=ConfirmForm(),
     )
+
+
+@bp.post("/<int:connection_id>/refresh")
+@admin_required
+@limiter.limit(REFRESH_LIMIT, key_func=_user_key)
+def refresh(connection_id: int):
+    """Refresh now, even a fresh token, and say on the detail page how it went."""
+    connection = db.get_or_404(Connection, connection_id)
+    if connection.status == ConnectionStatus.DISCONNECTED.value:
+        flash("This connection is disconnected: there is nothing to refresh. Connect the "
+              "account again to use it.", "info")
+    else:
+        result = refresh_now(connection, current_user._get_current_object())
+        flash(*_refresh_message(result))
+    return redirect(url_for("connections.detail", connection_id=connection_id))
+
+
+def _refresh_message(result: RefreshResult) -> tuple[str, str]:
+    """The flash message and category for one manual refresh."""
+    if result.outcome is Outcome.REFRESHED:
+        return "Refreshed: a new access token is stored.", "success"
+    if result.outcome is Outcome.ALREADY_FRESH:
+        return "Already refreshed a moment ago by another worker; its token is used.", "success"
+    if result.outcome is Outcome.SKIPPED:
+        return "A refresh of this connection is running right now; reload in a moment.", "info"
+    reason = result.message.rstrip(".")
+    if result.outcome is Outcome.NEEDS_RECONNECT:
+        return f"Needs reconnect: the provider refused the grant ({reason}).", "error"
+    if result.outcome is Outcome.FAILED:
+        retry = f" Next try after {result.retry_at:%Y-%m-%d %H:%M} UTC." if result.retry_at else ""
+        kept = " The current token is still valid." if result.usable else ""
+        return f"The provider is unavailable: {reason}.{kept}{retry}", "warning"
+    # Outcome.UNAVAILABLE: nothing to refresh with (API keys used as they are), or busy.
+    return f"Nothing was refreshed: {reason}.", "info"
 
 
 @bp.route("/<int:connection_id>/disconnect", methods=["GET", "POST"])

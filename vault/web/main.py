@@ -1,20 +1,40 @@
-"""Home page and the liveness endpoint."""
+"""Providers overview, the liveness endpoint, and the template filters every page uses."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, render_template
+from datetime import datetime
+
+from flask import Blueprint, current_app, jsonify, render_template, url_for
 from sqlalchemy import text
 
+from vault.dashboard import Health, providers_overview
 from vault.extensions import db
+from vault.models import utcnow
 
 bp = Blueprint("main", __name__)
 
 
 @bp.get("/")
 def index():
-    """Providers overview (placeholder until the dashboard lands)."""
-    providers = list(current_app.extensions["providers"])
-    return render_template("main/index.html", providers=providers)
+    """Each configured provider with its connections counted by health."""
+    registry = current_app.extensions["providers"]
+    summaries, totals = providers_overview(registry)
+    return render_template(
+        "main/index.html",
+        summaries=summaries,
+        totals=totals,
+        states=list(Health),
+        providers_file=registry.source,
+        example_redirect_uri=_callback_url("google"),
+    )
+
+
+def _callback_url(provider_key: str) -> str:
+    # What the empty state tells operators to register at the provider (DESIGN.md section 5).
+    base = current_app.config.get("VAULT_BASE_URL")
+    if base:
+        return base.rstrip("/") + url_for("connect.callback", provider_key=provider_key)
+    return url_for("connect.callback", provider_key=provider_key, _external=True)
 
 
 @bp.get("/healthz")
@@ -28,3 +48,39 @@ def healthz():
         database = "unavailable"
     status = 200 if database == "ok" else 503
     return jsonify(status="ok" if status == 200 else "degraded", database=database), status
+
+
+@bp.app_template_filter("utc")
+def format_utc(moment: datetime | None) -> str:
+    """``2025-01-31 14:05 UTC``."""
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+@bp.app_template_filter("relative")
+def format_relative(moment: datetime | None, now: datetime | None = None) -> str:
+    """``in 42 min``, ``3 h ago``, ``in 2 days``: rounded down, as people say it."""
+    if moment is None:
+        return ""
+    seconds = (moment - (now or utcnow())).total_seconds()
+    size = abs(seconds)
+    if size < 60:
+        return "in under a minute" if seconds >= 0 else "just now"
+    if size < 3600:
+        amount = f"{int(size // 60)} min"
+    elif size < 48 * 3600:
+        amount = f"{int(size // 3600)} h"
+    else:
+        amount = f"{int(size // 86400)} days"
+    return f"in {amount}" if seconds > 0 else f"{amount} ago"
+
+
+@bp.app_template_filter("thousands")
+def format_thousands(number: int) -> str:
+    """``10,000``."""
+    return f"{number:,}"
+
+
+@bp.app_template_global("health_label")
+def health_label(value: str) -> str:
+    """The words for a :class:`~vault.dashboard.Health` value, e.g. ``Needs reconnect``."""
+    return Health(value).label

@@ -1,0 +1,116 @@
+"""The health page's queries: what needs attention, keys in use, upcoming expiries.
+
+Built on the health expression of :mod:`vault.dashboard`; nothing here decrypts.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Row, and_, bindparam, case, func, select
+
+from vault.dashboard import NOW, Health, at, health_source
+from vault.extensions import db
+from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
+
+ATTENTION = (Health.EXPIRING, Health.NEEDS_RECONNECT, Health.ERROR)
+
+
+def needing_attention(now: datetime | None = None, limit: int = 10) -> dict[str, list[Row]]:
+    """The first ``limit`` connections of each :data:`ATTENTION` state, most urgent first.
+
+    Soonest expiry first for ``expiring``, most failures for ``error``, latest change for
+    ``needs_reconnect``. One statement (a window over the joined connections) rather than
+    one per state, since each pass over them costs as much as the whole.
+    """
+    found: dict[str, list[Row]] = {health.value: [] for health in ATTENTION}
+    for row in db.session.execute(_attention_statement(), at(now) | {"limit": limit}):
+        found[row.health].append(row)
+    return found
+
+
+@functools.cache
+def _attention_statement():
+    inner = health_source().rows().subquery()
+    columns = inner.c
+    rank = func.row_number().over(
+        partition_by=columns.health,
+        order_by=(
+            case((columns.health == Health.EXPIRING.value, columns.expires_at)).asc().nulls_last(),
+            case((columns.health == Health.ERROR.value, columns.failure_count)).desc().nulls_last(),
+            columns.updated_at.desc(),
+            columns.id,
+        ),
+    )
+    ranked = (
+        select(inner, rank.label("rank"))
+        .where(columns.health.in_([health.value for health in ATTENTION]))
+        .subquery()
+    )
+    return select(ranked).where(ranked.c.rank <= bindparam("limit")).order_by(ranked.c.rank)
+
+
+def key_id_counts() -> list[tuple[str, int]]:
+    """How many stored values sit under each encryption key id, most first."""
+    number = func.count().label("number")
+    statement = (
+        select(Token.key_id, number).group_by(Token.key_id).order_by(number.desc(), Token.key_id)
+    )
+    return [(key_id, count) for key_id, count in db.session.execute(statement)]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Expiries falling in [start, end); ``past`` when the slot is over already."""
+
+    start: datetime
+    end: datetime
+    count: int
+    past: bool = False
+
+
+def expiry_buckets(
+    now: datetime | None = None, *, days: int = 7, hours: int = 6
+) -> list[Bucket]:
+    """Usable credentials expiring in each ``hours``-long slot from today 00:00 UTC on.
+
+    Whole days, so a chart's days line up: today (its slots before ``now`` are ``past``,
+    the current one counts from ``now``) and the ``days`` days after it. One statement: a
+    conditional count per slot over one range of expiries.
+    """
+    now = now or utcnow()
+    step = timedelta(hours=hours)
+    midnight = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    starts = [midnight + step * n for n in range((days + 1) * 24 // hours)]
+    future = [start for start in starts if start + step > now]
+    # Slot i counts [low_i, high_i): the first from now, the others whole.
+    slots = {f"low_{n}": max(start, now) for n, start in enumerate(future)}
+    slots |= {f"high_{n}": start + step for n, start in enumerate(future)}
+    counts = db.session.execute(_buckets_statement(len(future)), slots | at(now)).one()
+    by_start = dict(zip(future, counts))
+    return [
+        Bucket(start, start + step, by_start.get(start, 0), past=start not in by_start)
+        for start in starts
+    ]
+
+
+@functools.cache
+def _buckets_statement(slots: int):
+    source = health_source()
+    expires = source.expires_at
+    bounds = [
+        (bindparam(f"low_{n}", type_=UTCDateTime()), bindparam(f"high_{n}", type_=UTCDateTime()))
+        for n in range(slots)
+    ]
+    counts = (func.count(case((and_(expires >= low, expires < high), 1))) for low, high in bounds)
+    return (
+        select(*counts)
+        .select_from(source.from_)
+        .where(
+            Connection.status == ConnectionStatus.ACTIVE.value,
+            expires >= NOW,
+            expires < bounds[-1][1],
+        )
+    )
