@@ -190,13 +190,14 @@ class RefreshEngine:
         actor: Actor,
     ) -> RefreshResult:
         now = token_vault.clock()
+        connection_id = connection.id  # read now: the commit below expires the instance
         tokens = rows.read_tokens(connection)
         access = tokens.get(TokenKind.ACCESS.value)
         usable = rows.usable(access, now)
 
         def finish(outcome: Outcome, message: str = "", retry_at=None) -> RefreshResult:
             db.session.commit()  # releases the row lock
-            return RefreshResult(connection.id, outcome, message, retry_at, usable)
+            return RefreshResult(connection_id, outcome, message, retry_at, usable)
 
         if connection.status == ConnectionStatus.NEEDS_RECONNECT.value:
             return finish(Outcome.NEEDS_RECONNECT, connection.last_error or "reconnect needed")
@@ -242,8 +243,16 @@ class RefreshEngine:
         actor: Actor,
         now: datetime,
     ) -> RefreshResult:
+        # The rows were read under the row lock in this transaction: no SELECT before each
+        # write, and nothing is flushed until the commit, which sends it all at once.
+        connection_id = connection.id
         token_vault.store(
-            connection, TokenKind.ACCESS, answer.access_token, expires_at=answer.expires_at
+            connection,
+            TokenKind.ACCESS,
+            answer.access_token,
+            expires_at=answer.expires_at,
+            existing=tokens.get(TokenKind.ACCESS.value),
+            flush=False,
         )
         refresh_token = tokens.get(TokenKind.REFRESH.value)
         if answer.refresh_token:
@@ -252,6 +261,8 @@ class RefreshEngine:
                 TokenKind.REFRESH,
                 answer.refresh_token,
                 expires_at=answer.refresh_token_expires_at,
+                existing=refresh_token,
+                flush=False,
             )
         elif answer.refresh_token_expires_at and refresh_token is not None:
             refresh_token.expires_at = answer.refresh_token_expires_at
@@ -275,12 +286,13 @@ class RefreshEngine:
             detail=detail,
         )
         db.session.commit()
-        return RefreshResult(connection.id, Outcome.REFRESHED, usable=True)
+        return RefreshResult(connection_id, Outcome.REFRESHED, usable=True)
 
     def _rejected(self, connection: Connection, reason: str, actor: Actor) -> RefreshResult:
+        connection_id = connection.id
         token_vault.mark_invalid(connection, reason)
         _record_failure(connection, actor, f"needs reconnect: {reason}")
-        return RefreshResult(connection.id, Outcome.NEEDS_RECONNECT, reason)
+        return RefreshResult(connection_id, Outcome.NEEDS_RECONNECT, reason)
 
     def _failed(
         self,
@@ -290,6 +302,7 @@ class RefreshEngine:
         actor: Actor,
         usable: bool,
     ) -> RefreshResult:
+        connection_id = connection.id
         failures = connection.failure_count or 0
         config = current_app.config
         base = config.get("VAULT_REFRESH_BACKOFF_BASE_SECONDS", DEFAULT_BACKOFF_BASE_SECONDS)
@@ -303,11 +316,12 @@ class RefreshEngine:
         connection.next_refresh_at = retry_at
         retry = retry_at.isoformat(timespec="seconds")
         _record_failure(connection, actor, f"{reason}; failure {failures + 1}, retry after {retry}")
-        return RefreshResult(connection.id, Outcome.FAILED, reason, retry_at, usable)
+        return RefreshResult(connection_id, Outcome.FAILED, reason, retry_at, usable)
 
 
 def _record_failure(connection: Connection, actor: Actor, detail: str) -> None:
     """Audit and log a failed refresh, and commit what the caller changed with it."""
+    connection_id = connection.id  # the commit expires the instance
     audit.record(
         "token.refresh_failed",
         target=connection.provider,
@@ -317,7 +331,7 @@ def _record_failure(connection: Connection, actor: Actor, detail: str) -> None:
         detail=detail,
     )
     db.session.commit()
-    current_app.logger.warning("refresh of connection %s failed: %s", connection.id, detail)
+    current_app.logger.warning("refresh of connection %s failed: %s", connection_id, detail)
 
 
 def register_refresh(app: Flask) -> None:

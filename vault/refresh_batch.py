@@ -109,8 +109,12 @@ def run_batch(
 
     def worker() -> None:
         with app.app_context():
-            while (connection_id := claims.next()) is not None:
-                result = _refresh_claimed(engine, connection_id, window, actor)
+            while (claimed := claims.next()) is not None:
+                # ``claimed`` stays referenced while it is refreshed: the session's identity
+                # map holds instances weakly, and the engine's look-up of the claimed row
+                # then costs no second SELECT.
+                result = _refresh_claimed(engine, claimed.id, window, actor)
+                del claimed
                 claims.done(result)
                 with summary_lock:
                     summary.add(result)
@@ -149,14 +153,13 @@ class _Claims:
         self.excluded: set[int] = set()
         self.lock = threading.Lock()
 
-    def next(self) -> int | None:
+    def next(self) -> Connection | None:
         statement = self.statement
         with self.lock:
             excluded = list(self.excluded)
         if excluded:
             statement = statement.where(Connection.id.not_in(excluded))
-        connection = db.session.scalar(statement)
-        return None if connection is None else connection.id
+        return db.session.scalar(statement)
 
     def done(self, result: RefreshResult) -> None:
         if result.outcome is not Outcome.REFRESHED:

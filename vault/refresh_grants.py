@@ -22,9 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
+import os
+from urllib.parse import urlsplit
+
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies
 
 from vault.discovery import DiscoveryError, token_endpoint
 from vault.providers import Provider
@@ -125,6 +130,45 @@ def _oauth_grant(
     )
 
 
+class _ReusedOAuth2Session(OAuth2Session):
+    """An OAuth2Session kept for many refreshes, that reads the environment once per origin.
+
+    requests looks the proxy settings up in the environment on every request, scanning all
+    of ``os.environ`` twice, which cost about as much CPU as the rest of the HTTP exchange.
+    This client remembers what the environment said per scheme and host, and otherwise
+    merges settings exactly as :meth:`requests.Session.merge_environment_settings` does.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._environment: dict[tuple[str, str, str | None], tuple[dict, str | None]] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        if self.trust_env:
+            no_proxy = proxies.get("no_proxy") if proxies is not None else None
+            parts = urlsplit(url)
+            key = (parts.scheme, parts.netloc, no_proxy)
+            found = self._environment.get(key)
+            if found is None:
+                found = (
+                    get_environ_proxies(url, no_proxy=no_proxy),
+                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
+                )
+                self._environment[key] = found
+            env_proxies, ca_bundle = found
+            if proxies is not None:
+                for name, value in env_proxies.items():
+                    proxies.setdefault(name, value)
+            if verify is True or verify is None:
+                verify = ca_bundle or verify
+        return {
+            "proxies": merge_setting(proxies, self.proxies),
+            "stream": merge_setting(stream, self.stream),
+            "verify": merge_setting(verify, self.verify),
+            "cert": merge_setting(cert, self.cert),
+        }
+
+
 def _oauth_session(provider: Provider) -> OAuth2Session:
     """This thread's client for the provider, kept so that its connections are reused.
 
@@ -136,7 +180,7 @@ def _oauth_session(provider: Provider) -> OAuth2Session:
            provider.token_endpoint_auth_method)
     session = sessions.get(key)
     if session is None:
-        session = OAuth2Session(
+        session = _ReusedOAuth2Session(
             client_id=provider.client_id,
             client_secret=provider.client_secret,
             token_endpoint_auth_method=provider.token_endpoint_auth_method,

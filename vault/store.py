@@ -98,8 +98,16 @@ class TokenVault:
         value: str,
         *,
         expires_at: datetime | None = None,
+        existing: Token | None = None,
+        flush: bool = True,
     ) -> Token:
-        """Encrypt ``value`` as the connection's token of ``kind``, replacing any old one."""
+        """Encrypt ``value`` as the connection's token of ``kind``, replacing any old one.
+
+        ``existing``: the connection's current row of ``kind``, when the caller has just read
+        it in this transaction (the refresh engine, under the row lock): saves a SELECT.
+        ``flush=False`` leaves the write to the caller's next flush or commit, so that a
+        refresh sends its changes in one flush instead of one per token.
+        """
         kind = TokenKind(kind).value
         if not value:
             raise ValueError(f"refusing to store an empty {kind} token")
@@ -107,9 +115,14 @@ class TokenVault:
             db.session.add(connection)
             db.session.flush()
         now = self.clock()
-        token = db.session.scalar(
-            select(Token).where(Token.connection_id == connection.id, Token.kind == kind)
-        )
+        if existing is not None:
+            if existing.connection_id != connection.id or existing.kind != kind:
+                raise ValueError("existing must be this connection's row of that kind")
+            token = existing
+        else:
+            token = db.session.scalar(
+                select(Token).where(Token.connection_id == connection.id, Token.kind == kind)
+            )
         if token is None:
             token = Token(connection_id=connection.id, kind=kind)
             db.session.add(token)
@@ -118,7 +131,8 @@ class TokenVault:
         token.expires_at = expires_at
         token.is_valid = True
         token.last_refreshed_at = now
-        db.session.flush()
+        if flush:
+            db.session.flush()
         return token
 
     def mark_invalid(

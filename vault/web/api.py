@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 
 from flask import Blueprint, current_app, g, jsonify, request
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
@@ -36,6 +36,12 @@ ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Flask's automatic OPTIONS answer would list the catch-all route's methods in Allow too;
 # the catch-all answers OPTIONS instead, with the methods the path really supports.
 READ_ONLY = {"provide_automatic_options": False}
+# The hot path's query, built once: the connection and its access-token row together.
+_CONNECTION_WITH_ACCESS_TOKEN = (
+    select(Connection, Token)
+    .outerjoin(Token, and_(Token.connection_id == Connection.id, Token.kind == "access"))
+    .where(Connection.id == bindparam("connection_id"))
+)
 
 
 @bp.before_request
@@ -106,9 +112,7 @@ def access_token(connection_id: int):
     found = None
     if connection_id <= MAX_ID:
         found = db.session.execute(
-            select(Connection, Token)
-            .outerjoin(Token, and_(Token.connection_id == Connection.id, Token.kind == "access"))
-            .where(Connection.id == connection_id)
+            _CONNECTION_WITH_ACCESS_TOKEN, {"connection_id": connection_id}
         ).one_or_none()
     if found is None:
         return _error(404, "not_found", "no such connection")
@@ -130,7 +134,8 @@ def access_token(connection_id: int):
     except DecryptionError:
         current_app.logger.error("connection %s: stored token cannot be decrypted", connection_id)
         return _error(500, "undecryptable", "the stored token cannot be decrypted")
-    audit.record(
+    # Sent as one INSERT now, committed before the token leaves: no hand-out goes unaudited.
+    audit.insert_now(
         "token.handed_out", target=connection.provider, connection=connection, actor=key.actor
     )
     db.session.commit()
