@@ -1,4 +1,4 @@
-"""The audit trail: :func:`record` for every security-relevant event, :func:`insert_now` on hot paths."""
+"""The audit trail: :func:`record` for every security event, :func:`insert_now` on hot paths."""
 
 from __future__ import annotations
 
