@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +21,9 @@ from urllib.parse import urlencode
 
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.browser.fixtures import LiveServer
 
 ACCOUNT = {"sub": "10769150350006150715113082367", "email": "ops@example.com",
            "email_verified": True, "name": "Ops Account"}
@@ -76,20 +76,15 @@ class OIDCStub:
         self.token_requests: list[dict[str, Any]] = []
         self.revocations: list[dict[str, str]] = []
         self.issued: list[dict[str, Any]] = []
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
-        self.issuer = f"http://127.0.0.1:{self._server.server_port}"
-        # A short poll interval: shutdown() waits up to one interval at every test's end.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self._server = LiveServer(self._app)
+        self.issuer = self._server.url
 
     def __enter__(self) -> OIDCStub:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     # -- what tests look at ----------------------------------------------------------------
 
