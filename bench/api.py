@@ -3,9 +3,9 @@
 Both run under gunicorn (2 workers x 4 threads) on one PostgreSQL database and are loaded by
 the same generator (wrk when installed, else Python threads with keep-alive connections),
 alternately, best of three rounds each. The bare endpoint is a minimal Flask app that checks
-the same service key with the same code and answers constant JSON; the real one also loads
-the connection, decrypts the fresh token, audits the hand-out and commits. Target (issue 5):
->= 50% of the bare endpoint's throughput.
+the same service key with the same code and answers constant JSON; the real one also reads
+the connection and its token, decrypts the token and writes the hand-out's audit row before
+answering. Target (issue 5): >= 50% of the bare endpoint's throughput.
 """
 
 from __future__ import annotations

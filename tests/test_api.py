@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault import service_keys
+from vault import refresh_rows, service_keys
 from vault.models import AuditEvent, Connection, ServiceKey, Token, TokenKind, utcnow
 from vault.store import token_vault
 
@@ -98,6 +98,33 @@ def test_expiring_token_is_refreshed_first(vault_app, db, client, stub, key):
     body = get(client, f"/connections/{connection_id}/access-token", key).json
     assert body["access_token"] == stub.issued_access_tokens[0]
     assert stub.count() == 1
+
+
+@both_backends
+def test_a_refresh_through_the_api_locks_in_a_transaction(vault_app, db, client, stub, key,
+                                                          monkeypatch):
+    # A fresh token is read and audited in autocommit; a refresh must leave that connection,
+    # or its row lock would end with the SELECT ... FOR UPDATE that took it.
+    isolation_levels = []
+    lock_row = refresh_rows.lock_row
+
+    def spying_lock_row(*args, **kwargs):
+        options = db.session.connection().get_execution_options()
+        isolation_levels.append(options.get("isolation_level"))
+        return lock_row(*args, **kwargs)
+
+    monkeypatch.setattr(refresh_rows, "lock_row", spying_lock_row)
+    fresh = make_connection(stub, expires_in=3600)
+    expiring = make_connection(stub, subject="account-2", expires_in=120)
+    assert get(client, f"/connections/{fresh}/access-token", key).status_code == 200
+    assert isolation_levels == []
+    assert get(client, f"/connections/{expiring}/access-token", key).status_code == 200
+    assert len(isolation_levels) == 1 and isolation_levels[0] != "AUTOCOMMIT"
+    assert stub.count() == 1
+    handed_out = db.session.scalars(
+        select(AuditEvent.connection_id).where(AuditEvent.action == "token.handed_out")
+    )
+    assert sorted(handed_out) == sorted([fresh, expiring])
 
 
 @postgresql_only

@@ -118,6 +118,18 @@ def test_a_browser_session_is_no_key_to_the_service_api(viewer_client):
     assert viewer_client.get("/api/probe").get_json() == {"ok": True}  # any other /api/ route
 
 
+def test_the_service_api_never_opens_the_staff_session(app, viewer_client):
+    cookie = viewer_client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    headers = {"Cookie": f"{cookie.key}={cookie.value}"}
+    interface = app.session_interface
+    with app.test_request_context("/connections", headers=headers) as page:
+        assert "_user_id" in interface.open_session(app, page.request)
+    for path in ("/api/v1/connections", "/api/v1/connections/1/access-token"):
+        with app.test_request_context(path, headers=headers) as call:
+            assert interface.is_null_session(interface.open_session(app, call.request)), path
+    assert app.url_map.bind("localhost").match("/api/v1/connections")[0].startswith("api.")
+
+
 def test_api_errors_are_json_for_signed_in_users_too(viewer_client):
     response = viewer_client.get("/api/v2/nothing-here")
     assert response.status_code == 404 and response.get_json() == {"error": "not_found"}

@@ -37,19 +37,21 @@ def insert_now(
     action: str,
     *,
     target: str | None = None,
-    connection: Connection | None = None,
+    connection_id: int | None = None,
     outcome: str = "success",
     detail: str | None = None,
     actor: User | str | None = None,
 ) -> None:
-    """Like :func:`record`, but sent at once as one INSERT in the caller's transaction.
+    """Like :func:`record`, but sent at once as one INSERT on the session's connection.
 
-    For hot paths (every token handed out): the same row, without the ORM unit of work.
-    The caller still commits; a rollback takes the event back with everything else.
+    For hot paths (every token handed out): the same row, without the ORM unit of work,
+    and for a connection known by its id alone. In a transaction the caller still commits
+    and a rollback takes the event back with everything else.
     """
-    values = _values(action, target, connection, outcome, detail, actor)
+    values = _values(action, target, None, outcome, detail, actor)
+    values["connection_id"] = connection_id
     values["occurred_at"] = utcnow()
-    db.session.execute(_INSERT, values)
+    db.session.connection().execute(_INSERT, values)
 
 
 def _values(

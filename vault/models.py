@@ -76,6 +76,11 @@ class Role(str, enum.Enum):
     VIEWER = "viewer"
 
 
+def token_aad(connection_id: int, kind: str) -> bytes:
+    """Associated data binding a stored value to its connection and token kind."""
+    return f"connection:{connection_id}:{kind}".encode()
+
+
 class ConnectionStatus(str, enum.Enum):
     ACTIVE = "active"
     NEEDS_RECONNECT = "needs_reconnect"
@@ -162,7 +167,7 @@ class Connection(TimestampMixin, Base):
 
     def aad(self, kind: str) -> bytes:
         """Associated data binding a stored value to this connection and token kind."""
-        return f"connection:{self.id}:{kind}".encode()
+        return token_aad(self.id, kind)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.provider}:{self.account_subject} {self.status}>"

@@ -13,14 +13,15 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from flask import Flask, current_app
-from sqlalchemy import Select, and_, delete, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, or_, select, update
 
 from vault.crypto import DecryptionError, TokenCipher
 from vault.extensions import db
-from vault.models import Connection, ConnectionStatus, Token, TokenKind, utcnow
+from vault.models import Connection, ConnectionStatus, Token, TokenKind, token_aad, utcnow
 
 __all__ = [
     "AccessToken",
+    "AccessTokenRow",
     "NeedsReconnect",
     "Refresher",
     "TokenUnavailable",
@@ -59,6 +60,42 @@ class AccessToken:
 
     def __repr__(self) -> str:  # never the token itself
         return f"<AccessToken ...{self.value[-4:]} expires_at={self.expires_at}>"
+
+
+@dataclass(frozen=True)
+class AccessTokenRow:
+    """A connection's provider and status with its access-token row (if any), as read."""
+
+    connection_id: int
+    provider: str
+    status: str
+    ciphertext: bytes | None
+    is_valid: bool
+    expires_at: datetime | None
+
+
+_connections, _tokens = Connection.__table__, Token.__table__
+# The token API's hot path, built once: plain columns, so reading it makes no ORM objects.
+_ACCESS_TOKEN_ROW = (
+    select(
+        _connections.c.id,
+        _connections.c.provider,
+        _connections.c.status,
+        _tokens.c.ciphertext,
+        _tokens.c.is_valid,
+        _tokens.c.expires_at,
+    )
+    .select_from(
+        _connections.outerjoin(
+            _tokens,
+            and_(
+                _tokens.c.connection_id == _connections.c.id,
+                _tokens.c.kind == TokenKind.ACCESS.value,
+            ),
+        )
+    )
+    .where(_connections.c.id == bindparam("connection_id"))
+)
 
 
 class TokenVault:
@@ -180,34 +217,52 @@ class TokenVault:
 
     def decrypt(self, token: Token) -> str:
         """Decrypt one token row, checking it belongs to its connection and kind."""
-        return self.cipher.decrypt(
-            token.ciphertext, aad=f"connection:{token.connection_id}:{token.kind}".encode()
+        return self.cipher.decrypt(token.ciphertext, aad=token_aad(token.connection_id, token.kind))
+
+    def read_access_token_row(self, connection_id: int) -> AccessTokenRow | None:
+        """The connection and its access-token row in one query; None: no such connection."""
+        row = (
+            db.session.connection()
+            .execute(_ACCESS_TOKEN_ROW, {"connection_id": connection_id})
+            .one_or_none()
         )
+        return None if row is None else AccessTokenRow(*row)
+
+    def ready_access_token(
+        self, row: AccessTokenRow, buffer: timedelta | int | None = None
+    ) -> AccessToken | None:
+        """``row``'s token when it can be handed out as it is, without a refresh or a check.
+
+        None when anything needs :meth:`get_access_token`'s full treatment: a connection
+        that is not active, no valid access token, or one expiring within ``buffer``.
+        """
+        if row.status != ConnectionStatus.ACTIVE.value or row.ciphertext is None:
+            return None
+        if not row.is_valid or self._due(row.expires_at, self._buffer(buffer)):
+            return None
+        value = self.cipher.decrypt(
+            row.ciphertext, aad=token_aad(row.connection_id, TokenKind.ACCESS.value)
+        )
+        return AccessToken(value=value, token_type="Bearer", expires_at=row.expires_at)
 
     def get_access_token(
         self,
         connection: Connection,
         buffer: timedelta | int | None = None,
-        *,
-        loaded: Token | None = None,
     ) -> AccessToken:
         """A usable access token, refreshed first when it expires within ``buffer``.
 
         ``buffer`` defaults to ``VAULT_REFRESH_BUFFER_SECONDS``. A token whose expiry is
-        unknown is handed out as it is. ``loaded``: the access-token row, when the caller
-        has just read it with the connection (saves a query on the API's hot path). Raises
-        :class:`NeedsReconnect` or :class:`TokenUnavailable` when no usable token can be had.
+        unknown is handed out as it is. Raises :class:`NeedsReconnect` or
+        :class:`TokenUnavailable` when no usable token can be had.
         """
-        if buffer is None:
-            buffer = current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
-        if not isinstance(buffer, timedelta):
-            buffer = timedelta(seconds=buffer)
+        buffer = self._buffer(buffer)
         if connection.status == ConnectionStatus.NEEDS_RECONNECT.value:
             raise NeedsReconnect(connection.last_error or "the account must be connected again")
         if connection.status == ConnectionStatus.DISCONNECTED.value:
             raise TokenUnavailable("the connection is disconnected")
 
-        token = loaded if loaded is not None else self.token(connection, TokenKind.ACCESS)
+        token = self.token(connection, TokenKind.ACCESS)
         if token is None:
             # API-key connections with nothing to exchange (Voicenter, WhatsApp): the key is
             # what integrations authenticate with, so it is what they are handed.
@@ -233,7 +288,16 @@ class TokenVault:
             return True
         if token.kind == TokenKind.API_KEY.value:
             return False  # a pasted key cannot be refreshed; its expiry is the owner's to watch
-        return token.expires_at is not None and token.expires_at <= self.clock() + buffer
+        return self._due(token.expires_at, buffer)
+
+    def _due(self, expires_at: datetime | None, buffer: timedelta) -> bool:
+        return expires_at is not None and expires_at <= self.clock() + buffer
+
+    @staticmethod
+    def _buffer(buffer: timedelta | int | None) -> timedelta:
+        if buffer is None:
+            buffer = current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
+        return buffer if isinstance(buffer, timedelta) else timedelta(seconds=buffer)
 
     def find_expiring(
         self, within: timedelta | int, *, limit: int | None = None

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from flask import (
     Flask,
+    Request,
     abort,
     current_app,
     flash,
@@ -29,6 +30,7 @@ from flask import (
 )
 from flask_login import current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFError
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
@@ -51,6 +53,8 @@ PUBLIC_ENDPOINTS = frozenset({
 # Blueprints that authenticate every request themselves and use no session: the JSON API
 # (service keys). Any other blueprint, including one added later, needs a signed-in user.
 SELF_AUTHENTICATING_BLUEPRINTS = frozenset({"api"})
+# Where that blueprint (vault.web.api) is mounted: its requests never get a staff session.
+SERVICE_API_PATH = "/api/v1/"
 # All a user who must choose a new password can reach until they have.
 PASSWORD_CHANGE_ENDPOINTS = frozenset({"auth.change_password", "auth.logout"})
 
@@ -97,6 +101,7 @@ def init_security(app: Flask) -> None:
         # Only what every reverse proxy sets itself: the client address and the scheme (for
         # HSTS and Secure cookies). Many proxies pass X-Forwarded-Host/-Prefix from the client.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
+    app.session_interface = StaffSessionInterface()
     login_manager.session_protection = "basic"
     login_manager.user_loader(_load_user)
     # First of all before-request functions, ahead of CSRFProtect and Flask-Limiter: a
@@ -106,6 +111,21 @@ def init_security(app: Flask) -> None:
     app.register_error_handler(CSRFError, _csrf_error)
     for code in (400, 403, 404, 405, 429):
         app.register_error_handler(code, _error_page)
+
+
+class StaffSessionInterface(SecureCookieSessionInterface):
+    """The signed session cookie, for people only.
+
+    Requests to the service-key API get Flask's null session: a staff cookie sent along is
+    neither read nor written, so it can never stand in for a service key, and the API's hot
+    path skips verifying and re-signing it. (Sessions open before the URL is matched, so
+    this goes by the path.)
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        if request.path.startswith(SERVICE_API_PATH):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 def admin_required(view: View) -> View:
