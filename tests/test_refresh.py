@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from datetime import timedelta
 
@@ -307,28 +306,6 @@ def test_api_key_provider_without_exchange_hands_out_its_key_unrefreshed(vault_a
     db.session.commit()
     assert access_token_of(connection.id).value == "vc-key-value"
     assert stub.count("/greeninvoice/token") + stub.count() == 0
-
-
-@postgresql_only
-def test_client_credentials_grant(vault_app, db, stub):
-    from vault.models import Connection
-    from vault.providers import Provider
-
-    @dataclasses.dataclass(frozen=True)
-    class MachineProvider(Provider):
-        grant_type: str = "client_credentials"
-
-    registry = vault_app.extensions["providers"]
-    acme = registry.get("acme")
-    registry._providers["machine"] = MachineProvider(
-        **{f.name: getattr(acme, f.name) for f in dataclasses.fields(Provider)} | {"key": "machine"}
-    )
-    connection = Connection(provider="machine", account_subject="app")
-    db.session.add(connection)
-    db.session.commit()
-    token = access_token_of(connection.id)
-    assert token.value == stub.issued_access_tokens[0]
-    assert stub.requests[0]["form"]["grant_type"] == "client_credentials"
 
 
 @postgresql_only

@@ -118,6 +118,31 @@ def record_grant(
     return connection, created
 
 
+def connect_client(provider: Provider, user: User) -> tuple[Connection, bool]:
+    """Connect a client-credentials provider: the app's own client is the account.
+
+    Asks the token endpoint for a token with the client id and secret (no browser, no
+    consent) and records it like any grant; connecting again replaces the token. Raises
+    :class:`ConnectError` when the provider refuses or cannot be reached; nothing is stored.
+    """
+    now = utcnow()
+    try:
+        answer = request_tokens(provider, Credentials(), now=now, timeout=_provider_timeout())
+    except GrantRejected as error:
+        raise ConnectError(f"{provider.title} refused the client credentials ({error}).") from None
+    except (ProviderFailure, NotRefreshable) as error:
+        raise ConnectError(
+            f"{provider.title} could not be asked for a token ({error}); nothing was stored."
+        ) from None
+    token: dict[str, Any] = {"access_token": answer.access_token}
+    if answer.expires_at is not None:
+        token["expires_in"] = round((answer.expires_at - now).total_seconds())
+    if answer.scope is not None:
+        token["scope"] = answer.scope
+    account = Account(subject=provider.client_id, email=None, name=f"{provider.title} client")
+    return record_grant(provider, token, account, user)
+
+
 def missing_scopes(connection: Connection, provider: Provider | None) -> list[str]:
     """Scopes asked for but not granted (shown as a warning), minding provider aliases."""
     granted = set(connection.scopes_granted.split())
@@ -186,15 +211,18 @@ def _exchange_credentials(provider: Provider, values: dict[str, str]) -> NewToke
     if not provider.token_url or provider.type != "api_key":
         return None
     credentials = Credentials(api_key=values.get("api_key"), api_secret=values.get("api_secret"))
-    timeout = current_app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", 10)
     try:
-        return request_tokens(provider, credentials, now=utcnow(), timeout=timeout)
+        return request_tokens(provider, credentials, now=utcnow(), timeout=_provider_timeout())
     except GrantRejected:
         raise ConnectError(f"{provider.title} refused these credentials; nothing was stored.") from None
     except (ProviderFailure, NotRefreshable) as error:
         raise ConnectError(
             f"{provider.title} could not be asked for a token ({error}); nothing was stored."
         ) from None
+
+
+def _provider_timeout() -> float:
+    return current_app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", 10)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from flask import current_app
 from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 
 from vault.extensions import db
@@ -67,10 +68,14 @@ NOW = bindparam("now", type_=UTCDateTime())
 _SOON = bindparam("soon", type_=UTCDateTime())
 
 
-def at(now: datetime | None) -> dict[str, datetime]:
+_CLIENT_CREDENTIALS_PROVIDERS = bindparam("client_credentials_providers", expanding=True)
+
+
+def at(now: datetime | None) -> dict:
     """The bound parameters of :class:`_Source`'s expressions for the time ``now``."""
     now = now or utcnow()
-    return {"now": now, "soon": now + SOON}
+    machine_providers = current_app.extensions["providers"].client_credentials_keys()
+    return {"now": now, "soon": now + SOON, "client_credentials_providers": machine_providers}
 
 
 @functools.cache
@@ -115,6 +120,8 @@ class _Source:
             ),
             # GreenInvoice-style key pairs are exchanged for a new access token.
             self.api_secret.c.connection_id.is_not(None),
+            # Client-credentials providers hand out a new token for the client secret alone.
+            Connection.provider.in_(_CLIENT_CREDENTIALS_PROVIDERS),
         )
 
     def _health(self):
@@ -257,7 +264,8 @@ def providers_overview(
         ProviderSummary(
             key=provider.key,
             title=provider.title,
-            type_label=TYPE_LABELS.get(provider.type, provider.type),
+            type_label=TYPE_LABELS.get(provider.type, provider.type)
+            + (" client credentials" if provider.uses_client_credentials else ""),
             configured=True,
             is_oauth=provider.is_oauth,
             counts=counts.get(provider.key, Counter()),

@@ -90,12 +90,14 @@ _ALLOWED_KEYS = {
     "preset", "title", "type", "client_id", "client_secret", "scope", "server_metadata_url",
     "authorize_url", "token_url", "userinfo_url", "revocation_endpoint", "authorize_params",
     "token_endpoint_auth_method", "offline_access", "fields", "expiry_field", "staff_login",
-    "allowed_domains", "auto_create_role",
+    "allowed_domains", "auto_create_role", "grant_type",
 }
 _URL_KEYS = (
     "server_metadata_url", "authorize_url", "token_url", "userinfo_url", "revocation_endpoint",
 )
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+AUTHORIZATION_CODE, CLIENT_CREDENTIALS = "authorization_code", "client_credentials"
+GRANT_TYPES = (AUTHORIZATION_CODE, CLIENT_CREDENTIALS)
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,17 @@ class Provider:
     allowed_domains: tuple[str, ...] = ()
     auto_create_role: str | None = None
     scope_aliases: Mapping[str, str] = field(default_factory=dict)
+    # "client_credentials": machine-to-machine, the app's own client is the account; no
+    # person consents in a browser, and a new token can always be had with the client secret.
+    grant_type: str = AUTHORIZATION_CODE
 
     @property
     def is_oauth(self) -> bool:
         return self.type in OAUTH_TYPES
+
+    @property
+    def uses_client_credentials(self) -> bool:
+        return self.grant_type == CLIENT_CREDENTIALS
 
 
 class ProviderRegistry:
@@ -148,6 +157,10 @@ class ProviderRegistry:
     def get(self, key: str) -> Provider | None:
         """The provider with this key, or None."""
         return self._providers.get(key)
+
+    def client_credentials_keys(self) -> list[str]:
+        """Keys of the providers whose tokens come from the client-credentials grant."""
+        return [p.key for p in self._providers.values() if p.uses_client_credentials]
 
     @classmethod
     def from_file(
@@ -193,6 +206,11 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
     provider_type = merged.get("type")
     if provider_type not in PROVIDER_TYPES:
         raise fail(f"type: must be one of {', '.join(PROVIDER_TYPES)} (or set a preset)")
+    grant_type = merged.get("grant_type", AUTHORIZATION_CODE)
+    if grant_type not in GRANT_TYPES:
+        raise fail(f"grant_type: must be one of {', '.join(GRANT_TYPES)}")
+    if grant_type == CLIENT_CREDENTIALS and provider_type not in OAUTH_TYPES:
+        raise fail("grant_type: client_credentials is for OAuth providers (type oauth2 or oidc)")
     if provider_type in OAUTH_TYPES:
         for required in ("client_id", "client_secret"):
             if not merged.get(required):
@@ -200,7 +218,11 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         if provider_type == "oidc" and not merged.get("server_metadata_url"):
             raise fail("server_metadata_url: missing; OIDC providers need their discovery URL")
         if provider_type == "oauth2":
-            for required in ("authorize_url", "token_url"):
+            # No browser ever visits a client-credentials provider: its token URL is enough.
+            needed = ("token_url",) if grant_type == CLIENT_CREDENTIALS else (
+                "authorize_url", "token_url"
+            )
+            for required in needed:
                 if not merged.get(required):
                     raise fail(f"{required}: missing; plain OAuth 2.0 providers need it")
     for url_key in _URL_KEYS:
@@ -212,7 +234,7 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
     if merged.get("auto_create_role") not in (None, "admin", "viewer"):
         raise fail("auto_create_role: must be 'admin' or 'viewer'")
     merged["allowed_domains"] = tuple(d.lower() for d in merged.get("allowed_domains", ()))
-    if merged.get("staff_login") and provider_type != "oidc":
+    if merged.get("staff_login") and (provider_type != "oidc" or grant_type == CLIENT_CREDENTIALS):
         raise fail("staff_login: only OpenID Connect providers can sign staff in")
     if merged.get("staff_login") and not merged["allowed_domains"]:
         raise fail("allowed_domains: staff_login needs at least one allowed e-mail domain")

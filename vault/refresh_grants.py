@@ -32,11 +32,10 @@ from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
 from vault.discovery import DiscoveryError, token_endpoint
-from vault.providers import Provider
+from vault.providers import CLIENT_CREDENTIALS, Provider
 
 # Errors that mean the grant itself is gone (RFC 6749 section 5.2).
 REJECTED_GRANT_ERRORS = frozenset({"invalid_grant", "unauthorized_client"})
-CLIENT_CREDENTIALS = "client_credentials"
 _sessions = threading.local()
 
 
@@ -85,13 +84,12 @@ def request_tokens(
         if not (provider.token_url and credentials.api_key and credentials.api_secret):
             raise NotRefreshable("this API-key provider has no token exchange to refresh with")
         return _exchange_api_key(provider, credentials, now=now, timeout=timeout)
+    if provider.uses_client_credentials:  # machine-to-machine: the client secret is the grant
+        return _oauth_grant(provider, now=now, timeout=timeout)
     if credentials.refresh_token:
         return _oauth_grant(
             provider, now=now, timeout=timeout, refresh_token=credentials.refresh_token
         )
-    # A provider field the providers file may set for machine-to-machine connections.
-    if getattr(provider, "grant_type", None) == CLIENT_CREDENTIALS:
-        return _oauth_grant(provider, now=now, timeout=timeout)
     raise NotRefreshable("no refresh token is stored; connect the account again")
 
 
@@ -107,7 +105,10 @@ def _oauth_grant(
         if refresh_token is not None:
             answer = session.refresh_token(url, refresh_token=refresh_token, timeout=timeout)
         else:
-            answer = session.fetch_token(url, grant_type=CLIENT_CREDENTIALS, timeout=timeout)
+            scope = {"scope": provider.scope} if provider.scope else {}
+            answer = session.fetch_token(
+                url, grant_type=CLIENT_CREDENTIALS, timeout=timeout, **scope
+            )
     except AuthlibBaseError as error:
         if error.error in REJECTED_GRANT_ERRORS:
             raise GrantRejected(_oauth_reason(error)) from None

@@ -305,7 +305,8 @@ class TokenVault:
         """Active connections whose access token expires within ``within``, soonest first.
 
         Connections in back-off (``next_refresh_at`` in the future) are left out, and so are
-        those with no refresh token and no API credentials, which nothing could refresh.
+        those with no refresh token and no API credentials, which nothing could refresh
+        (unless their provider uses the client-credentials grant).
         """
         statement = self.expiring_statement(within).order_by(Connection.id)
         if limit is not None:
@@ -331,6 +332,10 @@ class TokenVault:
             )
             .exists()
         )
+        # Client-credentials connections need neither: the client secret gets a new token.
+        machine_providers = current_app.extensions["providers"].client_credentials_keys()
+        if machine_providers:
+            renewable = or_(renewable, Connection.provider.in_(machine_providers))
         return (
             select(Connection)
             .join(

@@ -19,7 +19,8 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from vault import audit
 from vault.connections import (
-    ConnectError, account_from_claims, add_credentials, missing_scopes, record_grant,
+    ConnectError, account_from_claims, add_credentials, connect_client, missing_scopes,
+    record_grant,
 )
 from vault.extensions import db
 from vault.models import Connection, TokenKind
@@ -64,6 +65,8 @@ def start(provider_key: str):
     provider = _provider_or_404(provider_key)
     if not provider.is_oauth:
         return redirect(url_for("connect.add_credentials_form", provider_key=provider.key))
+    if provider.uses_client_credentials:
+        return _connect_client(provider)
     try:
         return oauth_client(provider.key).authorize_redirect(_redirect_uri(provider))
     except (requests.RequestException, ValueError, RuntimeError) as error:
@@ -76,8 +79,8 @@ def start(provider_key: str):
 def callback(provider_key: str):
     """Finish the flow: check state, iss and id_token, exchange the code, store the tokens."""
     provider = _provider_or_404(provider_key)
-    if not provider.is_oauth:
-        abort(404)
+    if not provider.is_oauth or provider.uses_client_credentials:
+        abort(404)  # no authorization request was ever sent for these
     client = oauth_client(provider.key)
     try:
         if not (current_user.is_authenticated and current_user.is_admin):
@@ -134,6 +137,23 @@ def callback(provider_key: str):
     if missing:
         flash(f"{provider.title} granted fewer scopes than asked; missing: {' '.join(missing)}.",
               "warning")
+    return redirect(url_for("connections.detail", connection_id=connection.id))
+
+
+def _connect_client(provider: Provider):
+    """Client credentials: no consent page, the token is fetched and stored right away."""
+    try:
+        connection, created = connect_client(provider, current_user)
+        db.session.commit()
+    except ConnectError as error:
+        db.session.rollback()
+        return _failure_page(provider, str(error), 502)
+    except IntegrityError:
+        db.session.rollback()
+        return _failure_page(provider, "Another connect of the same client finished at the "
+                             "same moment; reload the connection list.", 409)
+    flash(f"{'Connected' if created else 'Reconnected'} {provider.title} with the app's client "
+          "credentials.", "success")
     return redirect(url_for("connections.detail", connection_id=connection.id))
 
 

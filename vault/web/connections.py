@@ -86,7 +86,8 @@ def detail(connection_id: int):
         extra_scopes=[s for s in connection.scopes_granted.split() if s not in requested],
         missing_scopes=missing,
         has_refresh_token=TokenKind.REFRESH.value in kinds,
-        refreshable=bool(kinds & {TokenKind.REFRESH.value, TokenKind.API_SECRET.value}),
+        refreshable=bool(kinds & {TokenKind.REFRESH.value, TokenKind.API_SECRET.value})
+        or (provider is not None and provider.uses_client_credentials),
         history=connection_history(connection.id),
         form=ConfirmForm(),
     )
