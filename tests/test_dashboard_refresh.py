@@ -100,3 +100,17 @@ def test_manual_refreshes_are_rate_limited_per_user(vault_app, admin_client, stu
                for _ in range(11)]
     assert answers == [302] * 10 + [429]
     assert stub.count() == 10
+
+
+def test_refresh_all_expiring_audits_the_admin_who_ran_it(vault_app, admin_client, admin_user,
+                                                          stub):
+    due = [make_connection(stub, subject=f"due-{n}", expires_in=60) for n in range(3)]
+    response = post_form(admin_client, "/health/refresh-due", {"within": "3600"},
+                         token_from="/health", follow_redirects=True)
+    assert flash(response).startswith("success: Refresh of everything expiring within 1 hour: "
+                                      "Refreshed 3, failed 0")
+    events = db.session.execute(
+        select(AuditEvent.connection_id, AuditEvent.actor, AuditEvent.actor_user_id)
+        .where(AuditEvent.action == "token.refreshed")
+    ).all()
+    assert sorted(events) == [(c, admin_user.email, admin_user.id) for c in sorted(due)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import has_request_context, request
 from flask_login import current_user
 from sqlalchemy import insert
@@ -21,7 +23,7 @@ def record(
     connection: Connection | None = None,
     outcome: str = "success",
     detail: str | None = None,
-    actor: User | str | None = None,
+    actor: User | StaffActor | str | None = None,
 ) -> AuditEvent:
     """Add an audit event to the session (the caller's commit saves it with its change).
 
@@ -40,7 +42,7 @@ def insert_now(
     connection_id: int | None = None,
     outcome: str = "success",
     detail: str | None = None,
-    actor: User | str | None = None,
+    actor: User | StaffActor | str | None = None,
 ) -> None:
     """Like :func:`record`, but sent at once as one INSERT on the session's connection.
 
@@ -54,24 +56,43 @@ def insert_now(
     db.session.connection().execute(_INSERT, values)
 
 
+@dataclass(frozen=True)
+class StaffActor:
+    """A staff member as an audit actor, detached from any session.
+
+    For work done on someone's behalf in other threads (the batch refresh an admin starts):
+    a :class:`User` row belongs to the request's session and must not cross threads.
+    """
+
+    user_id: int
+    email: str
+
+    @classmethod
+    def of(cls, user: User) -> StaffActor:
+        """The actor for ``user`` (or the ``current_user`` proxy standing for one)."""
+        return cls(user.id, user.email)
+
+
 def _values(
     action: str,
     target: str | None,
     connection: Connection | None,
     outcome: str,
     detail: str | None,
-    actor: User | str | None,
+    actor: User | StaffActor | str | None,
 ) -> dict:
     if actor is None and has_request_context() and current_user.is_authenticated:
         actor = current_user
     actor_user = _user_row(actor)
     if actor_user is not None:
-        actor_name = actor_user.email
+        actor = StaffActor.of(actor_user)
+    if isinstance(actor, StaffActor):
+        actor_name, actor_user_id = actor.email, actor.user_id
     else:
-        actor_name = actor if isinstance(actor, str) else "system"
+        actor_name, actor_user_id = (actor if isinstance(actor, str) else "system"), None
     return {
         "actor": actor_name,
-        "actor_user_id": actor_user.id if actor_user is not None else None,
+        "actor_user_id": actor_user_id,
         "action": action,
         "target": target,
         "connection_id": connection.id if connection is not None else None,

@@ -60,7 +60,7 @@ _CREDENTIAL_FIELDS = {
     "api_secret": TokenKind.API_SECRET,
 }
 
-Actor = User | str
+Actor = User | audit.StaffActor | str
 
 
 class ProviderUnavailable(TokenUnavailable):

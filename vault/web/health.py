@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from vault.audit import StaffActor
 from vault.dashboard import EXPIRED_UNRENEWABLE, Health, health_totals
 from vault.extensions import limiter
 from vault.models import utcnow
@@ -65,9 +66,9 @@ def refresh_expiring():
     within = request.form.get("within", type=int)
     if within not in windows:
         within = current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
-    # The batch's worker threads record the actor in the audit log; an e-mail string is
-    # safe to share between threads, the request's User row is not.
-    summary = refresh_due(within, actor=current_user.email)
+    # The batch's worker threads record the actor in the audit log: a detached StaffActor
+    # is safe to share between threads, the request's User row is not.
+    summary = refresh_due(within, actor=StaffActor.of(current_user))
     category = "success" if summary.ok else "warning"
     flash(f"Refresh of everything expiring within {windows[within].split(' (')[0]}: "
           f"{summary.line()}", category)
