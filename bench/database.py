@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from vault import create_app
 from vault.extensions import db
@@ -20,10 +20,15 @@ SERVER_URL = os.environ.get(
 
 
 @contextlib.contextmanager
-def temporary_database() -> Iterator[str]:
-    """Yield the URL of a new empty PostgreSQL database; drop it afterwards."""
-    server = make_url(SERVER_URL).set(drivername="postgresql+psycopg")
-    name = f"tokenvault_bench_{uuid.uuid4().hex[:10]}"
+def temporary_database(
+    server_url: str | URL = SERVER_URL, *, prefix: str = "tokenvault_bench"
+) -> Iterator[str]:
+    """Yield the URL of a new empty PostgreSQL database on the server; drop it afterwards.
+
+    The tests make theirs with this too (``prefix`` tells them apart from benchmarks').
+    """
+    server = make_url(server_url).set(drivername="postgresql+psycopg")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))

@@ -9,7 +9,6 @@ those tests skip, except under ``CI=true``, where they fail.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 
 from flask.testing import FlaskClient
 
+from bench.database import temporary_database
 from vault import create_app
 from vault.extensions import db as _db
 
@@ -54,16 +54,8 @@ def postgres_server() -> URL:
 @pytest.fixture
 def postgres_url(postgres_server: URL) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"tokenvault_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield postgres_server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database(postgres_server, prefix="tokenvault_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def postgres_url(postgres_server):
     Overrides the conftest fixture of the same name for modules that import it; each test
     still starts from empty tables, since the ``app`` fixture creates and drops them.
     """
-    with temporary_database() as url:  # on the server VAULT_TEST_DATABASE_URL names
+    with temporary_database(postgres_server, prefix="tokenvault_test") as url:
         yield url
 
 
