@@ -27,7 +27,9 @@ def temporary_database(
 
     The tests make theirs with this too (``prefix`` tells them apart from benchmarks').
     """
-    server = make_url(server_url).set(drivername="postgresql+psycopg")
+    server = make_url(server_url)
+    if server.drivername in ("postgres", "postgresql"):  # no driver named: the project's
+        server = server.set(drivername="postgresql+psycopg")
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:

@@ -6,10 +6,11 @@ import logging
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from vault import refresh_rows, service_keys
+from vault.extensions import db as _db
 from vault.models import AuditEvent, Connection, ServiceKey, Token, TokenKind, utcnow
 from vault.store import token_vault
 
@@ -100,26 +101,37 @@ def test_expiring_token_is_refreshed_first(vault_app, db, client, stub, key):
     assert stub.count() == 1
 
 
+def in_autocommit() -> bool:
+    """Whether the session's database connection commits every statement by itself."""
+    driver = _db.session.connection().connection.driver_connection
+    if hasattr(driver, "autocommit"):  # psycopg
+        return driver.autocommit
+    return driver.isolation_level is None  # sqlite3 before Python 3.12
+
+
 @both_backends
 def test_a_refresh_through_the_api_locks_in_a_transaction(vault_app, db, client, stub, key,
                                                           monkeypatch):
     # A fresh token is read and audited in autocommit; a refresh must leave that connection,
     # or its row lock would end with the SELECT ... FOR UPDATE that took it.
-    isolation_levels = []
+    autocommit_when_locking = []
     lock_row = refresh_rows.lock_row
 
     def spying_lock_row(*args, **kwargs):
-        options = db.session.connection().get_execution_options()
-        isolation_levels.append(options.get("isolation_level"))
+        autocommit_when_locking.append(in_autocommit())
         return lock_row(*args, **kwargs)
 
     monkeypatch.setattr(refresh_rows, "lock_row", spying_lock_row)
+    # Used a moment ago: authenticating the key writes nothing, whose commit would also
+    # end the autocommit connection and hide a refresh that forgot to.
+    db.session.execute(update(ServiceKey).values(last_used_at=utcnow()))
+    db.session.commit()
     fresh = make_connection(stub, expires_in=3600)
     expiring = make_connection(stub, subject="account-2", expires_in=120)
     assert get(client, f"/connections/{fresh}/access-token", key).status_code == 200
-    assert isolation_levels == []
+    assert autocommit_when_locking == []
     assert get(client, f"/connections/{expiring}/access-token", key).status_code == 200
-    assert len(isolation_levels) == 1 and isolation_levels[0] != "AUTOCOMMIT"
+    assert autocommit_when_locking == [False]
     assert stub.count() == 1
     handed_out = db.session.scalars(
         select(AuditEvent.connection_id).where(AuditEvent.action == "token.handed_out")

@@ -15,6 +15,7 @@ from tests.test_providers import load
 from vault import service_keys
 from vault.config import ConfigError
 from vault.models import AuditEvent, Connection, Token, TokenKind, utcnow
+from vault.refresh import refresh_now
 from vault.store import token_vault
 
 MACHINE = "machine"
@@ -96,13 +97,35 @@ def test_connect_fetches_a_token_with_the_client_secret(vault_app, db, stub, adm
 
 
 @both_backends
-def test_a_refused_client_stores_nothing(vault_app, db, stub, admin_client):
-    stub.fail_next(401, {"error": "invalid_client", "error_description": "bad secret"})
+def test_a_refused_client_stores_nothing_and_the_page_says_why(vault_app, db, stub, admin_client):
+    # Some token endpoints echo what they were sent; the secret must not reach the page.
+    echo = f"client_secret {stub.client_secret} is not valid"
+    stub.fail_next(401, {"error": "invalid_client", "error_description": echo})
     response = connect(admin_client)
+    page = response.get_data(as_text=True)
     assert response.status_code == 502
-    assert "could not be asked for a token" in response.get_data(as_text=True)
+    assert "refused the client credentials (invalid_client" in page
+    assert "check the client id and secret in the providers file" in page
+    assert stub.client_secret not in page
     assert machine_connection(db) is None
     assert db.session.scalar(select(Token.id)) is None
+
+    stub.fail_next(503, {"error": "temporarily_unavailable"})
+    assert "could not be asked for a token" in connect(admin_client).get_data(as_text=True)
+    assert machine_connection(db) is None
+
+
+@both_backends
+def test_a_refused_client_secret_needs_a_person_not_retries(vault_app, db, stub, admin_client):
+    connect(admin_client)
+    connection = machine_connection(db)
+    stub.fail_next(401, {"error": "invalid_client", "error_description": "secret expired"})
+
+    result = refresh_now(connection, "system")
+
+    assert result.outcome.value == "needs_reconnect" and "invalid_client" in result.message
+    db.session.expire_all()
+    assert db.session.get(Connection, connection.id).status == "needs_reconnect"
 
 
 def test_there_is_no_callback_for_client_credentials(vault_app, admin_client):

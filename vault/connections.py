@@ -20,6 +20,7 @@ from vault.discovery import DiscoveryError, server_metadata
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
 from vault.providers import Provider
+from vault.redact import redact_known
 from vault.refresh_grants import (
     Credentials, GrantRejected, NewTokens, NotRefreshable, ProviderFailure, request_tokens,
 )
@@ -129,10 +130,15 @@ def connect_client(provider: Provider, user: User) -> tuple[Connection, bool]:
     try:
         answer = request_tokens(provider, Credentials(), now=now, timeout=_provider_timeout())
     except GrantRejected as error:
-        raise ConnectError(f"{provider.title} refused the client credentials ({error}).") from None
-    except (ProviderFailure, NotRefreshable) as error:
+        reason = redact_known(str(error), [provider.client_secret])
         raise ConnectError(
-            f"{provider.title} could not be asked for a token ({error}); nothing was stored."
+            f"{provider.title} refused the client credentials ({reason}); check the client id "
+            "and secret in the providers file. Nothing was stored."
+        ) from None
+    except (ProviderFailure, NotRefreshable) as error:
+        reason = redact_known(str(error), [provider.client_secret])
+        raise ConnectError(
+            f"{provider.title} could not be asked for a token ({reason}); nothing was stored."
         ) from None
     token: dict[str, Any] = {"access_token": answer.access_token}
     if answer.expires_at is not None:
@@ -216,8 +222,9 @@ def _exchange_credentials(provider: Provider, values: dict[str, str]) -> NewToke
     except GrantRejected:
         raise ConnectError(f"{provider.title} refused these credentials; nothing was stored.") from None
     except (ProviderFailure, NotRefreshable) as error:
+        reason = redact_known(str(error), values.values())
         raise ConnectError(
-            f"{provider.title} could not be asked for a token ({error}); nothing was stored."
+            f"{provider.title} could not be asked for a token ({reason}); nothing was stored."
         ) from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 
 # Names whose value is always a secret, matched as a whole word ("code=..." but not
 # "status_code=...", which would hide status codes from every log).
@@ -72,6 +73,15 @@ def redact(text: str) -> str:
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _JWT.sub(REDACTED, text)
     return _GOOGLE_TOKEN.sub(REDACTED, text)
+
+
+def redact_known(text: str, secrets: Iterable[str | None]) -> str:
+    """Remove the given secrets from ``text`` (e.g. those just sent to a provider that may
+    echo them), then anything else shaped like a credential."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return redact(text)
 
 
 def scrub_record(record: logging.LogRecord) -> logging.LogRecord:

@@ -30,7 +30,7 @@ from vault import audit
 from vault import refresh_rows as rows
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
-from vault.redact import REDACTED, redact
+from vault.redact import redact_known
 from vault.refresh_grants import (
     Credentials,
     GrantRejected,
@@ -230,9 +230,9 @@ class RefreshEngine:
         except GrantRejected as error:
             if rows.ciphertexts(rows.read_tokens(connection)) != used:
                 return finish(Outcome.ALREADY_FRESH, "the grant was replaced meanwhile")
-            return self._rejected(connection, _scrub(str(error), secrets), actor)
+            return self._rejected(connection, redact_known(str(error), secrets), actor)
         except ProviderFailure as error:
-            return self._failed(connection, error, _scrub(str(error), secrets), actor, usable)
+            return self._failed(connection, error, redact_known(str(error), secrets), actor, usable)
         return self._store(connection, tokens, answer, actor, now)
 
     def _store(
@@ -371,9 +371,3 @@ def _lock_timeout() -> float:
     return float(current_app.config.get("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS", _timeout() + 5))
 
 
-def _scrub(text_: str, secrets: list[str]) -> str:
-    """Remove the credentials this refresh used, then anything else shaped like one."""
-    for secret in secrets:
-        if secret:
-            text_ = text_.replace(secret, REDACTED)
-    return redact(text_)

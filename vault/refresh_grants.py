@@ -84,12 +84,12 @@ def request_tokens(
         if not (provider.token_url and credentials.api_key and credentials.api_secret):
             raise NotRefreshable("this API-key provider has no token exchange to refresh with")
         return _exchange_api_key(provider, credentials, now=now, timeout=timeout)
-    if provider.uses_client_credentials:  # machine-to-machine: the client secret is the grant
-        return _oauth_grant(provider, now=now, timeout=timeout)
     if credentials.refresh_token:
         return _oauth_grant(
             provider, now=now, timeout=timeout, refresh_token=credentials.refresh_token
         )
+    if provider.uses_client_credentials:  # machine-to-machine: the client secret is the grant
+        return _oauth_grant(provider, now=now, timeout=timeout)
     raise NotRefreshable("no refresh token is stored; connect the account again")
 
 
@@ -110,7 +110,12 @@ def _oauth_grant(
                 url, grant_type=CLIENT_CREDENTIALS, timeout=timeout, **scope
             )
     except AuthlibBaseError as error:
-        if error.error in REJECTED_GRANT_ERRORS:
+        rejected = REJECTED_GRANT_ERRORS if refresh_token is not None else (
+            # With client credentials the client's own secret is the grant: refused, it
+            # needs a person (a new secret, then Connect), not a retry.
+            REJECTED_GRANT_ERRORS | {"invalid_client"}
+        )
+        if error.error in rejected:
             raise GrantRejected(_oauth_reason(error)) from None
         raise ProviderFailure(_oauth_reason(error)) from None
     except (requests.RequestException, ValueError) as error:

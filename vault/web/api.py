@@ -44,10 +44,12 @@ def authenticate_service_key() -> Response | None:
     if request.endpoint in OPEN_ENDPOINTS:
         return None
     if not db.session().in_transaction():
-        # Every API request only reads, but for the audit row of a token handed out, and a
-        # single INSERT needs no transaction around it. In autocommit a fresh token costs
-        # three statements (key, token, audit row) and no BEGIN or COMMIT round trips. A
-        # refresh leaves this connection for a transaction of its own (_refreshed_token).
+        # Every API request only reads, but for single-statement writes (the audit row of a
+        # token handed out, the key's last use), which need no transaction around them. In
+        # autocommit a fresh token costs three statements (key, token, audit row) and no
+        # BEGIN or COMMIT round trips. A refresh leaves this connection for a transaction
+        # of its own (_refreshed_token); so does the key's once-a-minute last-use commit,
+        # after which the request simply goes on in an ordinary transaction.
         db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     key = service_keys.authenticate(presented.strip()) if scheme.lower() == "bearer" else None
