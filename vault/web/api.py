@@ -28,6 +28,13 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # token-authenticated and read-only: there is no session to ride on
 limiter.exempt(bp)  # integrations poll; the app-wide limits are for people and forms
 
+
+@limiter.request_filter
+def _is_service_api_request() -> bool:
+    # The exemption above, decided before Flask-Limiter resolves any limits: cheaper for
+    # every request of the token API's hot path.
+    return request.blueprint == bp.name
+
 MAX_ID = 2**31 - 1  # ids beyond a 32-bit integer cannot exist (and would overflow a query)
 PROVIDER_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 OPEN_ENDPOINTS = frozenset({"api.openapi"})
