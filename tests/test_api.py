@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 import pytest
@@ -113,7 +114,7 @@ def in_autocommit() -> bool:
 def test_a_refresh_through_the_api_locks_in_a_transaction(vault_app, db, client, stub, key,
                                                           monkeypatch):
     # A fresh token is read and audited in autocommit; a refresh must leave that connection,
-    # or its row lock would end with the SELECT ... FOR UPDATE that took it.
+    # or its row lock would end with the SELECT ... FOR NO KEY UPDATE that took it.
     autocommit_when_locking = []
     lock_row = refresh_rows.lock_row
 
@@ -137,6 +138,26 @@ def test_a_refresh_through_the_api_locks_in_a_transaction(vault_app, db, client,
         select(AuditEvent.connection_id).where(AuditEvent.action == "token.handed_out")
     )
     assert sorted(handed_out) == sorted([fresh, expiring])
+
+
+@postgresql_only
+def test_a_fresh_token_is_handed_out_while_a_refresh_holds_the_connection(vault_app, db, client,
+                                                                          stub, key):
+    # A refresh keeps the connection's row locked while it waits for the provider (seconds,
+    # at worst its timeout); hand-outs of the still-valid token must not queue behind it.
+    connection_id = make_connection(stub, expires_in=3600)
+    answers = []
+    path = f"/connections/{connection_id}/access-token"
+    worker = threading.Thread(target=lambda: answers.append(get(client, path, key).status_code))
+    with vault_app.app_context():  # a session of its own, as another worker's refresh has
+        assert refresh_rows.lock_row(connection_id, timeout=5) is not None
+        worker.start()
+        worker.join(timeout=10)
+        waited_for_the_lock = worker.is_alive()
+        _db.session.rollback()  # the refresh ends
+    worker.join()
+    assert not waited_for_the_lock
+    assert answers == [200]
 
 
 @postgresql_only

@@ -235,9 +235,10 @@ class AuditEvent(Base):
     )
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(320))
-    connection_id: Mapped[int | None] = mapped_column(
-        ForeignKey("connections.id", ondelete="SET NULL"), index=True
-    )
+    # The connection's id, without a foreign key: events are records, written once and never
+    # rewritten (connections are not deleted, only disconnected). A key would also make each
+    # token hand-out lock the connection's row for its INSERT.
+    connection_id: Mapped[int | None] = mapped_column(index=True)
     client_address: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[str | None] = mapped_column(Text)

@@ -1,8 +1,8 @@
 """The refresh protocol (DESIGN.md section 6): one provider call per due token, everywhere.
 
 1. Single flight in the process (a lock per connection id), then a lock on the connection's
-   row in the database (PostgreSQL ``SELECT ... FOR UPDATE`` with a lock timeout; SQLite a
-   write transaction, which SQLite serialises).
+   row in the database (PostgreSQL ``SELECT ... FOR NO KEY UPDATE`` with a lock timeout;
+   SQLite a write transaction, which SQLite serialises).
 2. Under the lock the tokens are read again: when another worker or process refreshed them
    meanwhile, its result is used and the provider is not asked.
 3. The provider's answer is stored in one transaction (access token, rotated refresh token)

@@ -1,9 +1,9 @@
 """Refreshing every due connection at once: ``vault refresh-due`` and "Refresh all expiring".
 
 Any number of runs may go at the same time, on any number of hosts (DESIGN.md section 9). On
-PostgreSQL each worker claims one due connection at a time with ``FOR UPDATE SKIP LOCKED``
-and keeps that row locked until its refresh is committed, so no two workers of any run ever
-hold the same connection. Once committed, a connection is no longer due: it was refreshed
+PostgreSQL each worker claims one due connection at a time with ``FOR NO KEY UPDATE SKIP
+LOCKED`` and keeps that row locked until its refresh is committed, so no two workers of any
+run ever hold the same connection. Once committed, a connection is no longer due: it was refreshed
 after this run began, it is backing off, or it needs reconnecting. SQLite allows one writer
 at a time on one host, so there the run uses a single worker.
 """
@@ -146,7 +146,8 @@ class _Claims:
             .limit(1)
         )
         if postgres:
-            statement = statement.with_for_update(skip_locked=True, of=Connection)
+            # NO KEY UPDATE, like a single refresh's lock (see refresh_rows.lock_row).
+            statement = statement.with_for_update(skip_locked=True, of=Connection, key_share=True)
         self.statement: Select = statement
         # Connections this run tried without making them not-due (failed with no back-off,
         # skipped, errors): never claimed twice by one run.

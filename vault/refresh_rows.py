@@ -45,7 +45,10 @@ def lock_row(connection_id: int, *, timeout: float) -> Connection | None:
         connection = db.session.scalar(
             select(Connection)
             .where(Connection.id == connection_id)
-            .with_for_update()
+            # FOR NO KEY UPDATE: as exclusive as FOR UPDATE between refreshes, but it lets
+            # rows that merely refer to this one (a hand-out's audit event) be written
+            # meanwhile, so no API caller waits for the provider.
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
     except OperationalError as error:
