@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import TEST_ENCRYPTION_SECRET, TEST_SECRET_KEY
 from vault import PROJECT_ROOT, create_app
-from vault.config import ConfigError, database_url, load_config
+from vault.config import MAX_REFRESH_CONCURRENCY, ConfigError, database_url, load_config
 
 
 def start(app_config, **changes):
@@ -120,3 +120,17 @@ def test_valid_configuration_starts(app_config):
     app = start(app_config)
     assert app.config["ENCRYPTION_SECRET"] == TEST_ENCRYPTION_SECRET
     assert app.config["VAULT_REFRESH_BUFFER_SECONDS"] == 300
+
+
+def test_postgresql_pools_allow_one_connection_per_refresh_worker(tmp_path):
+    secrets = {"SECRET_KEY": TEST_SECRET_KEY, "ENCRYPTION_SECRET": TEST_ENCRYPTION_SECRET}
+
+    def engine_options(**overrides):
+        config = load_config(str(tmp_path), str(tmp_path), {**secrets, **overrides})
+        return config.get("SQLALCHEMY_ENGINE_OPTIONS")
+
+    postgres = "postgresql://vault@db.internal/vault"
+    assert engine_options(DATABASE_URL=postgres) == {"max_overflow": MAX_REFRESH_CONCURRENCY}
+    own = {"pool_size": 20}
+    assert engine_options(DATABASE_URL=postgres, SQLALCHEMY_ENGINE_OPTIONS=own) == own
+    assert engine_options(DATABASE_URL=f"sqlite:///{tmp_path / 'v.db'}") is None

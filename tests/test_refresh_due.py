@@ -70,6 +70,20 @@ def test_refresh_due_function_summary(vault_app, db, stub):
     assert len(seen) == 5 and summary.line().startswith("Refreshed 5, failed 0")
 
 
+@postgresql_only
+def test_every_worker_gets_a_database_connection(vault_app, db, stub):
+    # SQLAlchemy's default pool stops at 15 connections: beyond that, workers would wait.
+    stub.delay = 0.3
+    for n in range(48):
+        make_connection(stub, subject=f"c{n}", expires_in=10)
+    pool = _db.engine.pool
+    in_use = []
+    summary = refresh_due(within=300, concurrency=24,
+                          progress=lambda _result: in_use.append(pool.checkedout()))
+    assert summary.refreshed == 48
+    assert max(in_use) > 15
+
+
 @pytest.mark.slow
 @postgresql_only
 def test_concurrent_runs_never_refresh_a_connection_twice(vault_app, app_config, db, stub):

@@ -11,6 +11,7 @@ import sys
 import click
 
 from vault.cli import vault_cli
+from vault.config import MAX_REFRESH_CONCURRENCY
 from vault.refresh import RefreshResult, refresh_due
 from vault.refresh_batch import count_due
 
@@ -24,7 +25,8 @@ from vault.refresh_batch import count_due
     "[default: VAULT_REFRESH_BUFFER_SECONDS].",
 )
 @click.option(
-    "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+    "--concurrency", type=click.IntRange(1, MAX_REFRESH_CONCURRENCY), default=4,
+    show_default=True,
     help="Connections refreshed in parallel (PostgreSQL; SQLite refreshes one at a time).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

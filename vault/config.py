@@ -21,6 +21,8 @@ from vault.crypto import MIN_SECRET_LENGTH
 
 SUPPORTED_DATABASES = ("sqlite", "postgresql+psycopg")
 SECRET_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+# The most connections `vault refresh-due --concurrency` may refresh at once.
+MAX_REFRESH_CONCURRENCY = 64
 
 
 class ConfigError(ValueError):
@@ -94,6 +96,11 @@ def load_config(
     for key, value in overrides.items():
         if key not in {"DATABASE_URL"} and key not in config:
             config[key] = value
+    if config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        # A process holds at most one connection per thread that uses the database: a few in
+        # a web worker, up to refresh-due's --concurrency in the CLI, where the pool's default
+        # ceiling (5 + 10 overflow) would leave the extra workers waiting for connections.
+        config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"max_overflow": MAX_REFRESH_CONCURRENCY})
     return config
 
 
