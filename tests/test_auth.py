@@ -162,6 +162,20 @@ def test_sign_out_is_a_post_with_a_csrf_token(viewer_client):
     assert event.actor == "viewer@example.com"
 
 
+def test_signing_out_ends_copies_of_the_session_cookie_too(app, viewer_client, viewer_user):
+    name = app.config["SESSION_COOKIE_NAME"]
+    copy = app.test_client()  # someone who got hold of the cookie
+    copy.set_cookie(name, viewer_client.get_cookie(name).value)
+    assert is_signed_in(copy)
+
+    post_form(viewer_client, "/logout")
+
+    assert not is_signed_in(copy)
+    assert copy.get("/").headers["Location"] == "/login?next=/"
+    assert login(viewer_client, viewer_user.email).status_code == 302  # signing in again works
+    assert is_signed_in(viewer_client) and not is_signed_in(copy)
+
+
 def test_an_idle_session_ends_after_the_idle_timeout(viewer_client):
     backdate(viewer_client, last_seen_at=29 * 60)
     assert is_signed_in(viewer_client)

@@ -117,12 +117,21 @@ def change_password(user: User, current: str, new: str) -> None:
 
 
 def session_marker(user: User) -> str:
-    """A short fingerprint of the user's password hash, kept in the session.
+    """A short fingerprint of the user's password hash and session epoch, kept in the session.
 
-    A password change alters it, which ends every other session of that user. The hash is
-    salted Argon2 and this is a truncated SHA-256 of it, so the cookie reveals nothing usable.
+    A password change or a sign-out (:func:`end_every_session`) alters it, which ends the
+    user's other sessions. The hash is salted Argon2 and this is a truncated SHA-256 of it,
+    so the cookie reveals nothing usable.
     """
-    return hashlib.sha256((user.password_hash or "").encode()).hexdigest()[:16]
+    fingerprinted = user.password_hash or ""
+    if user.session_epoch:  # epoch 0 keeps the marker that sessions began with before epochs
+        fingerprinted += f":{user.session_epoch}"
+    return hashlib.sha256(fingerprinted.encode()).hexdigest()[:16]
+
+
+def end_every_session(user: User) -> None:
+    """End all of the user's sessions, including copies of their cookies (not committed)."""
+    user.session_epoch = (user.session_epoch or 0) + 1
 
 
 def note_sign_in(user: User) -> None:

@@ -119,6 +119,9 @@ class User(UserMixin, TimestampMixin, Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     must_change_password: Mapped[bool] = mapped_column(default=False)
     last_login_at: Mapped[datetime | None]
+    # Moved on when the user signs out: every session cookie issued before, copies included,
+    # stops working (see accounts.session_marker).
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
 
     @property
     def is_admin(self) -> bool:

@@ -121,8 +121,13 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """Sign out (a POST with a CSRF token, so no other site can sign anyone out)."""
+    """Sign out (a POST with a CSRF token, so no other site can sign anyone out).
+
+    Every session of the user ends, not only this browser's: a copied session cookie must
+    stop working once its owner has signed out.
+    """
     audit.record("auth.sign_out", target=current_user.email)
+    accounts.end_every_session(current_user)
     db.session.commit()
     end_session()
     flash("You have signed out.", "info")
