@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import timedelta
 
@@ -174,6 +175,17 @@ def test_signing_out_ends_copies_of_the_session_cookie_too(app, viewer_client, v
     assert copy.get("/").headers["Location"] == "/login?next=/"
     assert login(viewer_client, viewer_user.email).status_code == 302  # signing in again works
     assert is_signed_in(viewer_client) and not is_signed_in(copy)
+
+
+def test_until_a_first_sign_out_the_marker_is_the_one_sessions_began_with(viewer_user):
+    # So that adding the epoch (migration 0005) signed nobody out.
+    before_epochs = hashlib.sha256(viewer_user.password_hash.encode()).hexdigest()[:16]
+    assert viewer_user.session_epoch == 0
+    assert accounts.session_marker(viewer_user) == before_epochs
+    accounts.end_every_session(viewer_user)
+    db.session.commit()
+    assert viewer_user.session_epoch == 1
+    assert accounts.session_marker(viewer_user) != before_epochs
 
 
 def test_an_idle_session_ends_after_the_idle_timeout(viewer_client):

@@ -6,7 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from vault import create_app
 from vault.extensions import db
@@ -49,3 +49,21 @@ def test_tokens_table_has_no_plaintext_column(app):
     columns = {column.name for column in db.metadata.tables["tokens"].columns}
     assert "ciphertext" in columns
     assert not columns & {"value", "token", "plaintext", "access_token", "refresh_token"}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_downgrading_the_latest_migrations_keeps_the_rows_and_who_they_name(migrated_app):
+    # SQLite rebuilds a table to alter it; rebuilding users must not null every reference.
+    db.session.execute(text("INSERT INTO users (id, email, role, enabled, must_change_password,"
+                            " created_at, updated_at) VALUES (7, 'a@example.com', 'admin', true,"
+                            " false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    db.session.execute(text("INSERT INTO audit_events (occurred_at, actor, actor_user_id, action,"
+                            " connection_id, outcome) VALUES (CURRENT_TIMESTAMP, 'a@example.com',"
+                            " 7, 'auth.sign_in', NULL, 'success')"))
+    db.session.commit()
+
+    downgrade(revision="0003_dashboard_token_index")
+    upgrade()
+
+    assert db.session.execute(text("SELECT actor_user_id FROM audit_events")).all() == [(7,)]
+    assert db.session.execute(text("SELECT id, session_epoch FROM users")).all() == [(7, 0)]

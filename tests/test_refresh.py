@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from vault import refresh_grants
@@ -232,6 +233,28 @@ def test_timeout_is_a_provider_failure(vault_app, db, stub):
     with pytest.raises(ProviderUnavailable):
         access_token_of(connection_id)
     assert "did not answer in time" in load(connection_id).last_error
+
+
+@postgresql_only
+def test_refresh_locks_still_let_other_rows_refer_to_the_connection(vault_app, db, stub):
+    # A refresh holds its lock for as long as the provider takes to answer. FOR NO KEY
+    # UPDATE excludes other refreshes but not KEY SHARE, the lock a foreign-key check on a
+    # referring row takes; FOR UPDATE would make every such write wait for the provider.
+    from vault import refresh_rows
+    from vault.refresh_batch import _Claims
+
+    connection_id = make_connection(stub, expires_in=30)
+    claims = _Claims(timedelta(minutes=5), utcnow(), postgres=True)
+    for take_lock in (lambda: refresh_rows.lock_row(connection_id, timeout=5), claims.next):
+        assert take_lock().id == connection_id
+        with db.engine.connect() as other:
+            key_share = text("SELECT id FROM connections WHERE id = :id FOR KEY SHARE NOWAIT")
+            assert other.execute(key_share, {"id": connection_id}).scalar() == connection_id
+            other.rollback()
+            exclusive = text("SELECT id FROM connections WHERE id = :id FOR NO KEY UPDATE NOWAIT")
+            with pytest.raises(OperationalError):  # a second refresh must still wait
+                other.execute(exclusive, {"id": connection_id})
+        db.session.rollback()
 
 
 @postgresql_only

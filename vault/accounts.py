@@ -131,7 +131,8 @@ def session_marker(user: User) -> str:
 
 def end_every_session(user: User) -> None:
     """End all of the user's sessions, including copies of their cookies (not committed)."""
-    user.session_epoch = (user.session_epoch or 0) + 1
+    # In SQL, so that two sign-outs at the same moment move it on twice.
+    user.session_epoch = User.session_epoch + 1
 
 
 def note_sign_in(user: User) -> None:

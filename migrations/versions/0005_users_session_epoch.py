@@ -27,5 +27,7 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table('users', schema=None) as batch_op:
+    # recreate="never": on SQLite, rebuilding users (the batch default for dropping a column)
+    # would drop the table and fire ON DELETE SET NULL in the tables that refer to it.
+    with op.batch_alter_table('users', schema=None, recreate='never') as batch_op:
         batch_op.drop_column('session_epoch')
