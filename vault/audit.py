@@ -31,7 +31,8 @@ def record(
     ``actor`` defaults to the signed-in user, or ``system`` outside a request. ``detail`` is
     scrubbed of anything shaped like a credential before it is stored.
     """
-    event = AuditEvent(**_values(action, target, connection, outcome, detail, actor))
+    connection_id = connection.id if connection is not None else None
+    event = AuditEvent(**_values(action, target, connection_id, outcome, detail, actor))
     db.session.add(event)
     return event
 
@@ -51,8 +52,7 @@ def insert_now(
     and for a connection known by its id alone. In a transaction the caller still commits
     and a rollback takes the event back with everything else.
     """
-    values = _values(action, target, None, outcome, detail, actor)
-    values["connection_id"] = connection_id
+    values = _values(action, target, connection_id, outcome, detail, actor)
     values["occurred_at"] = utcnow()
     db.session.connection().execute(_INSERT, values)
 
@@ -77,7 +77,7 @@ class StaffActor:
 def _values(
     action: str,
     target: str | None,
-    connection: Connection | None,
+    connection_id: int | None,
     outcome: str,
     detail: str | None,
     actor: User | StaffActor | str | None,
@@ -96,7 +96,7 @@ def _values(
         "actor_user_id": actor_user_id,
         "action": action,
         "target": target,
-        "connection_id": connection.id if connection is not None else None,
+        "connection_id": connection_id,
         "client_address": request.remote_addr if has_request_context() else None,
         "outcome": outcome,
         "detail": redact(detail)[:1000] if detail else None,

@@ -12,7 +12,6 @@ from typing import Any
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session
-from flask import current_app
 from sqlalchemy import select
 
 from vault import audit
@@ -22,7 +21,8 @@ from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
 from vault.providers import Provider
 from vault.redact import redact_known
 from vault.refresh_grants import (
-    Credentials, GrantRejected, NewTokens, NotRefreshable, ProviderFailure, request_tokens,
+    Credentials, GrantRejected, NewTokens, NotRefreshable, ProviderFailure, provider_timeout,
+    request_tokens,
 )
 from vault.store import token_vault
 
@@ -128,7 +128,7 @@ def connect_client(provider: Provider, user: User) -> tuple[Connection, bool]:
     """
     now = utcnow()
     try:
-        answer = request_tokens(provider, Credentials(), now=now, timeout=_provider_timeout())
+        answer = request_tokens(provider, Credentials(), now=now, timeout=provider_timeout())
     except GrantRejected as error:
         reason = redact_known(str(error), [provider.client_secret])
         raise ConnectError(
@@ -218,7 +218,7 @@ def _exchange_credentials(provider: Provider, values: dict[str, str]) -> NewToke
         return None
     credentials = Credentials(api_key=values.get("api_key"), api_secret=values.get("api_secret"))
     try:
-        return request_tokens(provider, credentials, now=utcnow(), timeout=_provider_timeout())
+        return request_tokens(provider, credentials, now=utcnow(), timeout=provider_timeout())
     except GrantRejected:
         raise ConnectError(f"{provider.title} refused these credentials; nothing was stored.") from None
     except (ProviderFailure, NotRefreshable) as error:
@@ -226,10 +226,6 @@ def _exchange_credentials(provider: Provider, values: dict[str, str]) -> NewToke
         raise ConnectError(
             f"{provider.title} could not be asked for a token ({reason}); nothing was stored."
         ) from None
-
-
-def _provider_timeout() -> float:
-    return current_app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", 10)
 
 
 @dataclass(frozen=True)

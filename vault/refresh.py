@@ -37,6 +37,7 @@ from vault.refresh_grants import (
     NewTokens,
     NotRefreshable,
     ProviderFailure,
+    provider_timeout,
     request_tokens,
 )
 from vault.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
@@ -51,7 +52,6 @@ __all__ = [
     "register_refresh",
 ]
 
-DEFAULT_PROVIDER_TIMEOUT_SECONDS = 10
 DEFAULT_BACKOFF_BASE_SECONDS = 30
 DEFAULT_BACKOFF_CAP_SECONDS = 3600
 _CREDENTIAL_FIELDS = {
@@ -224,7 +224,7 @@ class RefreshEngine:
         used = rows.ciphertexts(tokens)
         secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
         try:
-            answer = request_tokens(provider, credentials, now=now, timeout=_timeout())
+            answer = request_tokens(provider, credentials, now=now, timeout=provider_timeout())
         except NotRefreshable as error:
             return finish(Outcome.UNAVAILABLE, str(error))
         except GrantRejected as error:
@@ -360,14 +360,9 @@ def refresh_due(
     return run_batch(within, concurrency, actor=actor, progress=progress)
 
 
-def _timeout() -> float:
-    return float(
-        current_app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", DEFAULT_PROVIDER_TIMEOUT_SECONDS)
-    )
-
-
 def _lock_timeout() -> float:
     # Long enough to outlast the lock holder's provider call, which has its own timeout.
-    return float(current_app.config.get("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS", _timeout() + 5))
+    default = provider_timeout() + 5
+    return float(current_app.config.get("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS", default))
 
 

@@ -28,12 +28,14 @@ from urllib.parse import urlsplit
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
+from flask import current_app
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
 from vault.discovery import DiscoveryError, token_endpoint
 from vault.providers import CLIENT_CREDENTIALS, Provider
 
+DEFAULT_PROVIDER_TIMEOUT_SECONDS = 10
 # Errors that mean the grant itself is gone (RFC 6749 section 5.2).
 REJECTED_GRANT_ERRORS = frozenset({"invalid_grant", "unauthorized_client"})
 _sessions = threading.local()
@@ -74,6 +76,13 @@ class NewTokens:
     refresh_token_expires_at: datetime | None = None
     id_token: str | None = field(default=None, repr=False)
     scope: str | None = None
+
+
+def provider_timeout() -> float:
+    """Seconds a token request may take (``VAULT_PROVIDER_TIMEOUT_SECONDS``)."""
+    return float(
+        current_app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", DEFAULT_PROVIDER_TIMEOUT_SECONDS)
+    )
 
 
 def request_tokens(
