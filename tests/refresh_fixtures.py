@@ -23,6 +23,7 @@ __all__ = [
     "both_backends",
     "closed_port",
     "load",
+    "make_api_key_connection",
     "make_connection",
     "postgres_url",
     "postgresql_only",
@@ -105,6 +106,20 @@ def make_connection(
     token_vault.store(
         connection, TokenKind.REFRESH, refresh_token or stub.issue_refresh_token()
     )
+    db.session.commit()
+    return connection.id
+
+
+def make_api_key_connection(
+    provider: str, subject: str, api_key: str, api_secret: str | None = None
+) -> int:
+    """A committed API-key connection: its pasted key, and secret where the provider has one."""
+    connection = Connection(provider=provider, account_subject=subject)
+    db.session.add(connection)
+    db.session.flush()
+    token_vault.store(connection, TokenKind.API_KEY, api_key)
+    if api_secret is not None:
+        token_vault.store(connection, TokenKind.API_SECRET, api_secret)
     db.session.commit()
     return connection.id
 

@@ -228,13 +228,9 @@ def test_no_key_or_token_in_logs(vault_app, db, client, stub, key, caplog):
 
 @both_backends
 def test_api_key_connections_hand_out_their_key(vault_app, db, client):
-    connection = Connection(provider="voicenter", account_subject="calls")
-    db.session.add(connection)
-    db.session.flush()
-    token_vault.store(connection, TokenKind.API_KEY, "vc-api-token-0123456789")
-    db.session.commit()
+    connection_id = make_api_key_connection("voicenter", "calls", "vc-api-token-0123456789")
     voice = new_key(db, "dialer", providers=("voicenter",))
-    response = get(client, f"/connections/{connection.id}/access-token", voice)
+    response = get(client, f"/connections/{connection_id}/access-token", voice)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.json == {"access_token": "vc-api-token-0123456789", "token_type": "Bearer",
                              "expires_at": None}

@@ -297,37 +297,24 @@ def test_refresh_now_refreshes_a_fresh_token(vault_app, db, stub):
 
 @both_backends
 def test_greeninvoice_key_exchange(vault_app, db, stub):
-    from vault.models import Connection
-
     key_id, key_secret = stub.issue_api_key()
-    connection = Connection(provider="greeninvoice", account_subject="books")
-    db.session.add(connection)
-    db.session.flush()
-    token_vault.store(connection, TokenKind.API_KEY, key_id)
-    token_vault.store(connection, TokenKind.API_SECRET, key_secret)
-    db.session.commit()
+    connection_id = make_api_key_connection("greeninvoice", "books", key_id, key_secret)
 
-    token = access_token_of(connection.id)
+    token = access_token_of(connection_id)
     assert token.value == stub.issued_access_tokens[0] and token.value.count(".") == 2
     assert abs(token.expires_at - (utcnow() + timedelta(hours=1))) < timedelta(minutes=1)
-    assert token_vault.get(load(connection.id), TokenKind.API_SECRET) == key_secret
+    assert token_vault.get(load(connection_id), TokenKind.API_SECRET) == key_secret
 
-    token_vault.store(load(connection.id), TokenKind.API_SECRET, "gi-secret-wrong")
+    token_vault.store(load(connection_id), TokenKind.API_SECRET, "gi-secret-wrong")
     db.session.commit()
-    assert refresh_now(load(connection.id), "system").outcome is Outcome.NEEDS_RECONNECT
-    assert "gi-secret-wrong" not in load(connection.id).last_error
+    assert refresh_now(load(connection_id), "system").outcome is Outcome.NEEDS_RECONNECT
+    assert "gi-secret-wrong" not in load(connection_id).last_error
 
 
 @postgresql_only
 def test_api_key_provider_without_exchange_hands_out_its_key_unrefreshed(vault_app, db, stub):
-    from vault.models import Connection
-
-    connection = Connection(provider="voicenter", account_subject="calls")
-    db.session.add(connection)
-    db.session.flush()
-    token_vault.store(connection, TokenKind.API_KEY, "vc-key-value")
-    db.session.commit()
-    assert access_token_of(connection.id).value == "vc-key-value"
+    connection_id = make_api_key_connection("voicenter", "calls", "vc-key-value")
+    assert access_token_of(connection_id).value == "vc-key-value"
     assert stub.count("/greeninvoice/token") + stub.count() == 0
 
 
