@@ -30,13 +30,13 @@ from datetime import timedelta
 
 from flask import Flask, jsonify, request
 
-from bench.database import bench_app, temporary_database
+from tests.support.databases import bench_app, temporary_database
 from bench.timing import verdict
-from vault import service_keys
+from vault.services import service_keys
 from vault.config import database_url
 from vault.extensions import db
 from vault.models import Connection, TokenKind, utcnow
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 ROUNDS, SECONDS, CONNECTIONS = 5, 4, 16
 TARGET = 0.5

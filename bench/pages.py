@@ -24,10 +24,10 @@ from pathlib import Path
 
 from sqlalchemy import event, text
 
-from bench.database import bench_app, temporary_database
+from tests.support.databases import bench_app, temporary_database
 from bench.timing import best_per_call, verdict
-from vault import accounts
-from vault.cli_demo import seed_demo
+from vault.services import accounts
+from vault.cli.demo import seed_demo
 from vault.extensions import db
 
 CONNECTIONS = int(os.environ.get("BENCH_PAGES_CONNECTIONS", 10_000))

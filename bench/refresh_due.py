@@ -20,12 +20,12 @@ from pathlib import Path
 
 from sqlalchemy import delete, insert, select
 
-from bench.database import bench_app, temporary_database
+from tests.support.databases import bench_app, temporary_database
 from bench.timing import verdict
-from tests.provider_stub import providers_toml, serve
+from tests.support.provider_stub import providers_toml, serve
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token, utcnow
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 CONNECTIONS = int(os.environ.get("BENCH_REFRESH_CONNECTIONS", 1000))
 SERIAL_CONNECTIONS = int(os.environ.get("BENCH_REFRESH_SERIAL_CONNECTIONS", 150))

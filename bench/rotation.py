@@ -14,12 +14,12 @@ import time
 
 from sqlalchemy import bindparam, insert, select, update
 
-from bench.database import bench_app, temporary_database
+from tests.support.databases import bench_app, temporary_database
 from bench.timing import verdict
 from vault.crypto import TokenCipher
 from vault.extensions import db
 from vault.models import Connection, Token
-from vault.rotation import rotate
+from vault.tokens.rotation import rotate
 
 VALUES = int(os.environ.get("BENCH_ROTATION_VALUES", 100_000))
 KINDS = ("access", "refresh", "id", "api_key", "api_secret")

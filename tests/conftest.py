@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, make_url
 
 from flask.testing import FlaskClient
 
-from bench.database import temporary_database
+from tests.support.databases import temporary_database
 from vault import create_app
 from vault.extensions import db as _db
 
@@ -165,7 +165,7 @@ def runner(app):
 @pytest.fixture
 def admin_user(app):
     """An enabled admin, ``admin@example.com``, with ``builders.DEFAULT_PASSWORD``."""
-    from tests.builders import make_user
+    from tests.support.builders import make_user
 
     return make_user("admin@example.com", role="admin")
 
@@ -173,7 +173,7 @@ def admin_user(app):
 @pytest.fixture
 def viewer_user(app):
     """An enabled viewer, ``viewer@example.com``, with ``builders.DEFAULT_PASSWORD``."""
-    from tests.builders import make_user
+    from tests.support.builders import make_user
 
     return make_user("viewer@example.com", role="viewer")
 
@@ -181,7 +181,7 @@ def viewer_user(app):
 @pytest.fixture
 def admin_client(app, admin_user):
     """A test client signed in as ``admin_user`` through the sign-in form."""
-    from tests.builders import login
+    from tests.support.builders import login
 
     signed_in = app.test_client()
     assert login(signed_in, admin_user.email).status_code == 302
@@ -191,7 +191,7 @@ def admin_client(app, admin_user):
 @pytest.fixture
 def viewer_client(app, viewer_user):
     """A test client signed in as ``viewer_user`` through the sign-in form."""
-    from tests.builders import login
+    from tests.support.builders import login
 
     signed_in = app.test_client()
     assert login(signed_in, viewer_user.email).status_code == 302
@@ -216,7 +216,7 @@ def fast_password_hashing(monkeypatch):
     """
     from argon2 import PasswordHasher
 
-    from vault import accounts
+    from vault.services import accounts
 
     monkeypatch.setattr(
         accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)

@@ -9,11 +9,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault import refresh_rows, service_keys
+from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from vault.refresh import rows as refresh_rows
+from vault.services import service_keys
 from vault.extensions import db as _db
 from vault.models import AuditEvent, Connection, ServiceKey, Token, TokenKind, utcnow
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 
 def new_key(db, name="billing", providers=("acme", "down", "greeninvoice")) -> str:

@@ -10,10 +10,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault import service_keys
+from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from vault.services import service_keys
 from vault.models import Connection
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 from vault.web.api_spec import openapi_document
 
 pytestmark = [

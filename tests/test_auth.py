@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.builders import (
+from tests.support.builders import (
     DEFAULT_PASSWORD,
     change_password,
     csrf_token,
@@ -17,7 +17,7 @@ from tests.builders import (
     make_user,
     post_form,
 )
-from vault import accounts
+from vault.services import accounts
 from vault.extensions import db
 from vault.models import AuditEvent, utcnow
 from vault.web.security import LAST_SEEN_AT, SIGNED_IN_AT

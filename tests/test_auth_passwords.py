@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 
-from tests.builders import make_user
-from vault import accounts
+from tests.support.builders import make_user
+from vault.services import accounts
 
 
 def test_passwords_are_hashed_with_argon2id_at_rfc_9106_strength(app, monkeypatch):

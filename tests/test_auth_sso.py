@@ -11,8 +11,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from sqlalchemy import select
 
-from tests.builders import csrf_token, make_user
-from tests.oidc_stub import OIDCStub
+from tests.support.builders import csrf_token, make_user
+from tests.support.oidc_stub import OIDCStub
 from vault.extensions import db
 from vault.models import AuditEvent, User
 

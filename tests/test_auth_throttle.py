@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from tests.builders import DEFAULT_PASSWORD, change_password, csrf_token, login
+from tests.support.builders import DEFAULT_PASSWORD, change_password, csrf_token, login
 from vault.extensions import db
 from vault.models import AuditEvent
 

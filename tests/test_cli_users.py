@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.builders import DEFAULT_PASSWORD, login, make_user
-from vault import accounts
+from tests.support.builders import DEFAULT_PASSWORD, login, make_user
+from vault.services import accounts
 from vault.extensions import db
 from vault.models import AuditEvent, User
 

@@ -9,14 +9,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests.builders import post_form
-from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from tests.support.builders import post_form
+from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from tests.test_providers import load
-from vault import service_keys
+from vault.services import service_keys
 from vault.config import ConfigError
 from vault.models import AuditEvent, Connection, Token, TokenKind, utcnow
-from vault.refresh import refresh_now
-from vault.store import token_vault
+from vault.refresh.engine import refresh_now
+from vault.tokens.store import token_vault
 
 MACHINE = "machine"
 

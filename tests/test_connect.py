@@ -10,9 +10,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import func, select
 
-from tests.oidc_stub import OIDCStub
+from tests.support.oidc_stub import OIDCStub
 from vault.models import AuditEvent, Connection, ConnectionStatus, Token, User
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 ADMIN_EMAIL, VIEWER_EMAIL, PASSWORD = "admin@example.com", "viewer@example.com", "correct horse battery"
 
@@ -69,7 +69,7 @@ def app_config(app_config, providers_file, provider_settings):
 
 @pytest.fixture
 def users(app, db):
-    from vault.accounts import create_user
+    from vault.services.accounts import create_user
 
     admin = create_user(ADMIN_EMAIL, "admin", PASSWORD)
     viewer = create_user(VIEWER_EMAIL, "viewer", PASSWORD)
@@ -426,7 +426,7 @@ def test_viewer_cannot_add_credentials(viewer_client, db):
 
 @pytest.fixture
 def greeninvoice(app_config, providers_file):
-    from tests.provider_stub import ProviderStub
+    from tests.support.provider_stub import ProviderStub
 
     with ProviderStub() as stub:
         with providers_file.open("a") as handle:

@@ -12,11 +12,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from tests.builders import post_form
-from vault.dashboard import Health, health_counts
+from tests.support.builders import post_form
+from vault.queries.connections import Health, health_counts
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token, utcnow
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 from vault.web.main import format_relative
 
 HOUR = 3600
@@ -235,7 +235,7 @@ def test_expiry_chart_counts_land_in_their_slot(app):
     add(access=30 * 60)
     add(access=3 * 86400)
     add(access=30 * 86400)  # beyond the chart
-    from vault.token_health import expiry_buckets
+    from vault.queries.health import expiry_buckets
 
     now = utcnow()
     buckets = expiry_buckets(now)
@@ -285,7 +285,7 @@ def test_empty_states_teach_what_to_do(admin_client):
 
 
 def test_no_providers_file_explains_how_to_write_one(admin_user, make_app, providers_file):
-    from tests.builders import login
+    from tests.support.builders import login
 
     providers_file.write_text("", encoding="utf-8")
     bare = make_app()

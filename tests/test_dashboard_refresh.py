@@ -7,8 +7,8 @@ import re
 
 from sqlalchemy import select
 
-from tests.builders import post_form
-from tests.refresh_fixtures import (  # noqa: F401 - fixtures, found by name
+from tests.support.builders import post_form
+from tests.support.refresh_fixtures import (  # noqa: F401 - fixtures, found by name
     closed_port,
     load,
     make_connection,

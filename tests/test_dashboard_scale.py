@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, select
 
-from vault.cli_demo import seed_demo
+from vault.cli.demo import seed_demo
 from vault.crypto import TokenCipher
 from vault.extensions import db
 from vault.models import Connection

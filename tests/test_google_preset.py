@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.oidc_stub import OIDCStub
+from tests.support.oidc_stub import OIDCStub
 from tests.test_connect import admin_client, begin, finish, sign_in, users  # noqa: F401 - fixtures
 from vault.models import Connection
-from vault.providers import PRESETS
-from vault.store import token_vault
+from vault.providers.registry import PRESETS
+from vault.tokens.store import token_vault
 
 
 @pytest.fixture

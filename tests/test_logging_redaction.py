@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from flask import request
 
-from tests.builders import DEFAULT_PASSWORD, change_password, csrf_token, login, make_user
-from tests.oidc_stub import OIDCStub
+from tests.support.builders import DEFAULT_PASSWORD, change_password, csrf_token, login, make_user
+from tests.support.oidc_stub import OIDCStub
 from vault.redact import REDACTED, install_log_redaction, redact, scrub_record
 
 BEARER = "tvk_live_9Zq3xUeLr8WmT2bNcYh5"
@@ -159,7 +159,7 @@ def test_no_secret_used_in_the_web_flows_reaches_the_log(app, client, stub, capl
     secrets_used.append(client.get_cookie("__Host-session").value)
     assert change_password(client, DEFAULT_PASSWORD, NEW_PASSWORD).status_code == 302
     client.get("/api/v1/connections", headers={"Authorization": f"Bearer {BEARER}"})
-    logging.getLogger("vault.refresh").info("provider answered refresh_token=%s", REFRESH)
+    logging.getLogger("vault.refresh.engine").info("provider answered refresh_token=%s", REFRESH)
 
     browser = app.test_client()  # single sign-on, start to finish
     response = browser.post("/login/sso/acme", data={"csrf_token": csrf_token(browser)})

@@ -9,7 +9,7 @@ import pytest
 
 from vault import PROJECT_ROOT
 from vault.config import ConfigError
-from vault.providers import PRESETS, ProviderRegistry
+from vault.providers.registry import PRESETS, ProviderRegistry
 
 
 def load(tmp_path, text, environ=None, required=True):

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault import refresh_grants
+from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from vault.grants import requests as refresh_grants
 from vault.models import AuditEvent, ConnectionStatus, TokenKind, utcnow
-from vault.refresh import Outcome, ProviderUnavailable, refresh_now
-from vault.store import NeedsReconnect, TokenUnavailable, token_vault
+from vault.refresh.engine import Outcome, ProviderUnavailable, refresh_now
+from vault.tokens.store import NeedsReconnect, TokenUnavailable, token_vault
 
 
 
@@ -157,7 +157,7 @@ def test_invalid_grant_after_someone_else_rotated_is_not_a_reconnect(
 
         return _db.session.get(Connection, connection_id)
 
-    monkeypatch.setattr("vault.refresh.request_tokens", rotated_meanwhile)
+    monkeypatch.setattr("vault.refresh.engine.request_tokens", rotated_meanwhile)
     token = access_token_of(connection_id)
     assert token.value == "at-from-the-reconnect"
     assert load(connection_id).status == "active"
@@ -240,8 +240,8 @@ def test_refresh_locks_still_let_other_rows_refer_to_the_connection(vault_app, d
     # A refresh holds its lock for as long as the provider takes to answer. FOR NO KEY
     # UPDATE excludes other refreshes but not KEY SHARE, the lock a foreign-key check on a
     # referring row takes; FOR UPDATE would make every such write wait for the provider.
-    from vault import refresh_rows
-    from vault.refresh_batch import _Claims
+    from vault.refresh import rows as refresh_rows
+    from vault.refresh.batch import _Claims
 
     connection_id = make_connection(stub, expires_in=30)
     claims = _Claims(timedelta(minutes=5), utcnow(), postgres=True)
@@ -281,7 +281,7 @@ def test_lock_timeout_is_not_a_credential_failure(vault_app, db, stub):
 
 @postgresql_only
 def test_refresh_now_refreshes_a_fresh_token(vault_app, db, stub):
-    from vault.accounts import create_user
+    from vault.services.accounts import create_user
 
     admin = create_user("admin@example.com", "admin", "a-long-password-1234")
     db.session.commit()

@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from tests.refresh_workers import fetch_access_token
+from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from tests.support.refresh_workers import fetch_access_token
 from vault.extensions import db as _db
 from vault.models import AuditEvent, Connection, TokenKind
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 pytestmark = [
     pytest.mark.postgres,
@@ -72,7 +72,7 @@ def test_processes_cause_one_provider_request(vault_app, app_config, db, stub):
     connection_id = make_connection(stub, expires_in=60)
     context = multiprocessing.get_context(MP_CONTEXT)
     if MP_CONTEXT == "forkserver":
-        context.set_forkserver_preload([*preloadable_modules(), "tests.refresh_forkserver"])
+        context.set_forkserver_preload([*preloadable_modules(), "tests.support.refresh_forkserver"])
     barrier, results = context.Barrier(CALLERS), context.Queue()
     processes = [
         context.Process(

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
 from vault import create_app
 from vault.extensions import db as _db
 from vault.models import TokenKind
-from vault.refresh import refresh_due
-from vault.store import token_vault
+from vault.refresh.batch import refresh_due
+from vault.tokens.store import token_vault
 
 
 def refresh_due_cli(runner, *args):

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from tests.conftest import TEST_ENCRYPTION_SECRET
 from vault.extensions import db as _db
 from vault.models import Connection, Token
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 NEW_SECRET = "the-new-encryption-secret-after-rotation-42"
 STRANGER = "a-secret-that-never-encrypted-anything-here"
@@ -74,7 +74,7 @@ def test_rotate_key_reencrypts_everything_in_batches_and_reruns_cleanly(app, db,
 def test_an_interrupted_rotation_resumes(app, db, rotated_app):
     values = fill(db)
     new = rotated_app()
-    from vault.rotation import rotate
+    from vault.tokens.rotation import rotate
 
     class Interrupted(Exception):
         pass

@@ -27,12 +27,12 @@ import pytest
 import requests
 from sqlalchemy import create_engine, select, text
 
-from tests.provider_stub import ProviderStub
+from tests.support.provider_stub import ProviderStub
 from vault import PROJECT_ROOT, create_app
 from vault.extensions import db
 from vault.models import Connection, utcnow
-from vault.service_keys import create_key
-from vault.store import token_vault
+from vault.services.service_keys import create_key
+from vault.tokens.store import token_vault
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

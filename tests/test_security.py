@@ -9,7 +9,7 @@ from flask import Blueprint
 from flask_login import current_user
 from sqlalchemy import select
 
-from tests.builders import DEFAULT_PASSWORD, csrf_token, post_form
+from tests.support.builders import DEFAULT_PASSWORD, csrf_token, post_form
 from vault import audit
 from vault.extensions import db
 from vault.models import AuditEvent

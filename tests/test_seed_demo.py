@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from vault.cli_demo import BUILT_IN_PROVIDERS, seed_demo
+from vault.cli.demo import BUILT_IN_PROVIDERS, seed_demo
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 
 def count(model) -> int:

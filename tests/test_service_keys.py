@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from sqlalchemy import select, text
 
-from tests.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault import service_keys
+from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from vault.services import service_keys
 from vault.models import AuditEvent, ServiceKey
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import inspect, select, text
 
 from vault.crypto import DecryptionError
 from vault.models import Connection, ConnectionStatus, Token, TokenKind
-from vault.store import NeedsReconnect, TokenUnavailable, token_vault
+from vault.tokens.store import NeedsReconnect, TokenUnavailable, token_vault
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 

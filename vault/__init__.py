@@ -42,7 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 def register_providers(app: Flask, overrides: Mapping[str, Any] | None) -> None:
     """Load the providers file named by ``VAULT_PROVIDERS_FILE``."""
-    from vault.providers import ProviderRegistry
+    from vault.providers.registry import ProviderRegistry
 
     environ = read_environment(app.instance_path, PROJECT_ROOT)
     app.extensions["providers"] = ProviderRegistry.from_file(
@@ -63,7 +63,7 @@ def register_extensions(app: Flask) -> None:
     """Bind the extensions and services to this app."""
     from vault.database import configure_engine
     from vault.extensions import csrf, db, limiter, login_manager, migrate
-    from vault.store import token_vault
+    from vault.tokens.store import token_vault
 
     db.init_app(app)
     configure_engine(app)
@@ -77,7 +77,7 @@ def register_extensions(app: Flask) -> None:
 def check_encryption_secret(app: Flask) -> None:
     """Refuse to start when the stored values were encrypted under other secrets."""
     from vault.extensions import db
-    from vault.rotation import check_secret_matches_database
+    from vault.tokens.rotation import check_secret_matches_database
 
     try:
         check_secret_matches_database(app)
@@ -89,7 +89,7 @@ def check_encryption_secret(app: Flask) -> None:
 
 def register_oauth(app: Flask) -> None:
     """One Authlib client per OAuth provider, flow state kept server-side."""
-    from vault.oauth import init_oauth
+    from vault.oauth.clients import init_oauth
 
     init_oauth(app)
 
@@ -103,31 +103,26 @@ def register_security(app: Flask) -> None:
 
 def register_refresh(app: Flask) -> None:
     """The refresh engine behind ``token_vault.get_access_token`` (DESIGN.md section 6)."""
-    from vault.refresh import register_refresh as install
+    from vault.refresh.engine import register_refresh as install
 
     install(app)
 
 
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
-    from vault.web import api, audit_log, auth, connect, connections, health, main
+    from vault.web import api, audit, auth, connect, connections, health, main
 
     app.register_blueprint(main.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(connect.bp)
     app.register_blueprint(connections.bp)
     app.register_blueprint(health.bp)
-    app.register_blueprint(audit_log.bp)
+    app.register_blueprint(audit.bp)
     app.register_blueprint(api.bp)
 
 
 def register_commands(app: Flask) -> None:
     """Attach the ``flask`` command groups."""
-    from vault import cli_demo  # noqa: F401 - attaches ``vault seed-demo``
-    from vault import cli_keys  # noqa: F401 - attaches ``vault rotate-key`` and ``vault verify``
-    from vault import cli_refresh  # noqa: F401 - attaches ``vault refresh-due``
     from vault.cli import register_commands as attach
-    from vault.cli_service_keys import register_commands as attach_service_keys
 
     attach(app)
-    attach_service_keys(app)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from tests.builders import DEFAULT_PASSWORD
+from tests.support.builders import DEFAULT_PASSWORD
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -29,7 +29,7 @@ AXE_SCRIPT = Path(__file__).parent / "axe" / "node_modules" / "axe-core" / "axe.
 # Served to the page from its own origin, so the Content-Security-Policy (script-src 'self')
 # lets it run and the page is checked exactly as it is served.
 AXE_PATH = "/__test-only__/axe.min.js"
-ADMIN = "admin@example.com"  # made with tests.builders.DEFAULT_PASSWORD by the tests
+ADMIN = "admin@example.com"  # made with tests.support.builders.DEFAULT_PASSWORD by the tests
 
 
 def unavailable(reason: str) -> None:

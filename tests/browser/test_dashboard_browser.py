@@ -11,9 +11,9 @@ import re
 import pytest
 
 from tests.browser.fixtures import ADMIN, ARTIFACTS, sign_in
-from tests.builders import make_user
-from tests.refresh_fixtures import make_connection, stub  # noqa: F401 - stub: a fixture
-from vault.cli_demo import seed_demo
+from tests.support.builders import make_user
+from tests.support.refresh_fixtures import make_connection, stub  # noqa: F401 - stub: a fixture
+from vault.cli.demo import seed_demo
 
 @pytest.fixture
 def app_config(app_config, providers_file, stub):

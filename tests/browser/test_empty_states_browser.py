@@ -4,7 +4,7 @@ says what to do next. Screenshots: test-artifacts/dashboard-empty-*.png."""
 from __future__ import annotations
 
 from tests.browser.fixtures import ADMIN, sign_in
-from tests.builders import make_user
+from tests.support.builders import make_user
 
 
 def test_empty_states_teach(live_server, page, screenshot, axe_check, problems):

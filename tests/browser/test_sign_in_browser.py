@@ -3,7 +3,7 @@ http://127.0.0.1, the Content-Security-Policy, signing out."""
 
 from __future__ import annotations
 
-from tests.builders import DEFAULT_PASSWORD, make_user
+from tests.support.builders import DEFAULT_PASSWORD, make_user
 
 
 def test_staff_sign_in_and_out_in_a_real_browser(live_server, page, screenshot):

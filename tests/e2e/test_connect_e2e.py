@@ -11,10 +11,10 @@ import re
 import pytest
 from sqlalchemy import inspect, select, text
 
-from vault.accounts import create_user
+from vault.services.accounts import create_user
 from vault.extensions import db
 from vault.models import Connection
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 ADMIN, PASSWORD = "admin@example.com", "e2e-admin-password-123"
 

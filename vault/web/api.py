@@ -16,12 +16,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
-from vault import audit, service_keys
+from vault import audit
+from vault.services import service_keys
 from vault.crypto import DecryptionError
 from vault.extensions import csrf, db, limiter
 from vault.models import Connection, Token, TokenKind, utcnow
-from vault.refresh import ProviderUnavailable
-from vault.store import AccessToken, NeedsReconnect, TokenUnavailable, token_vault
+from vault.refresh.engine import ProviderUnavailable
+from vault.tokens.store import AccessToken, NeedsReconnect, TokenUnavailable, token_vault
 from vault.web.api_spec import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")

@@ -11,7 +11,8 @@ from werkzeug.wrappers import Response
 from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from vault import accounts, audit
+from vault import audit
+from vault.services import accounts
 from vault.extensions import db, limiter
 from vault.models import User
 from vault.web import sso

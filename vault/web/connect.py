@@ -18,15 +18,15 @@ from wtforms import DateField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length, Optional
 
 from vault import audit
-from vault.connections import (
+from vault.services.connections import (
     ConnectError, account_from_claims, add_credentials, connect_client, missing_scopes,
     record_grant,
 )
 from vault.extensions import db
 from vault.models import Connection, TokenKind
-from vault.oauth import oauth_client
-from vault.providers import Provider
-from vault.store import token_vault
+from vault.oauth.clients import oauth_client
+from vault.providers.registry import Provider
+from vault.tokens.store import token_vault
 from vault.web.security import admin_required
 
 bp = Blueprint("connect", __name__)

@@ -9,14 +9,14 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import SubmitField
 
-from vault.connections import disconnect, missing_scopes
+from vault.services.connections import disconnect, missing_scopes
 from vault.crypto import DecryptionError
-from vault.audit_search import connection_history
-from vault.dashboard import SORTS, ConnectionFilters, Health, list_connections
+from vault.queries.audit import connection_history
+from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
 from vault.extensions import db, limiter
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
-from vault.refresh import Outcome, RefreshResult, refresh_now
-from vault.store import token_vault
+from vault.refresh.engine import Outcome, RefreshResult, refresh_now
+from vault.tokens.store import token_vault
 from vault.web.security import admin_required
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")

@@ -9,12 +9,12 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user
 
 from vault.audit import StaffActor
-from vault.dashboard import EXPIRED_UNRENEWABLE, Health, health_totals
+from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
 from vault.extensions import limiter
 from vault.models import utcnow
-from vault.refresh import refresh_due
-from vault.store import token_vault
-from vault.token_health import Bucket, expiry_buckets, key_id_counts, needing_attention
+from vault.refresh.batch import refresh_due
+from vault.tokens.store import token_vault
+from vault.queries.health import Bucket, expiry_buckets, key_id_counts, needing_attention
 from vault.web.security import admin_required
 
 bp = Blueprint("health", __name__, url_prefix="/health")

@@ -7,7 +7,7 @@ from datetime import datetime
 from flask import Blueprint, current_app, jsonify, render_template, url_for
 from sqlalchemy import text
 
-from vault.dashboard import Health, providers_overview
+from vault.queries.connections import Health, providers_overview
 from vault.extensions import db
 from vault.models import utcnow
 
@@ -82,5 +82,5 @@ def format_thousands(number: int) -> str:
 
 @bp.app_template_global("health_label")
 def health_label(value: str) -> str:
-    """The words for a :class:`~vault.dashboard.Health` value, e.g. ``Needs reconnect``."""
+    """The words for a :class:`~vault.queries.connections.Health` value, e.g. ``Needs reconnect``."""
     return Health(value).label

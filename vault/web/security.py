@@ -35,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from vault.accounts import session_marker
+from vault.services.accounts import session_marker
 from vault.extensions import db, limiter, login_manager
 from vault.models import User, utcnow
 

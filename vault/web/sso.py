@@ -1,7 +1,7 @@
 """Staff single sign-on: OpenID Connect providers marked ``staff_login = true``.
 
 Authlib does the protocol (PKCE S256, state and nonce kept server-side until the callback, ID
-token signature, issuer, audience and nonce checked); :mod:`vault.accounts` decides whom the
+token signature, issuer, audience and nonce checked); :mod:`vault.services.accounts` decides whom the
 verified claims may sign in as. The provider's tokens are used once and dropped.
 """
 
@@ -17,8 +17,8 @@ from flask import abort, current_app, request, url_for
 from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
 
-from vault.oauth import PROVIDER_TIMEOUT_SECONDS, FlowStateStore, client_settings
-from vault.providers import Provider
+from vault.oauth.clients import PROVIDER_TIMEOUT_SECONDS, FlowStateStore, client_settings
+from vault.providers.registry import Provider
 
 # Only who the person is: staff sign-in never asks for access to anything.
 STAFF_SCOPE = "openid email profile"

@@ -5,18 +5,19 @@ from __future__ import annotations
 import sys
 
 import click
+from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
-from vault.cli import vault_cli
 from vault.extensions import db
 from vault.models import Token
-from vault.rotation import DEFAULT_BATCH_SIZE, count_outdated, rotate, verify
-from vault.store import token_vault
+from vault.tokens.rotation import DEFAULT_BATCH_SIZE, count_outdated, rotate, verify
+from vault.tokens.store import token_vault
 
 
-@vault_cli.command("rotate-key")
+@click.command("rotate-key")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH_SIZE,
               show_default=True, help="Values re-encrypted per transaction.")
+@with_appcontext
 def rotate_key_command(batch_size: int) -> None:
     """Re-encrypt every stored value under the current ENCRYPTION_SECRET.
 
@@ -38,7 +39,8 @@ def rotate_key_command(batch_size: int) -> None:
         sys.exit(1)
 
 
-@vault_cli.command("verify")
+@click.command("verify")
+@with_appcontext
 def verify_command() -> None:
     """Decrypt every stored value and report the ones that fail. Changes nothing."""
     total = db.session.scalar(select(func.count(Token.id))) or 0
@@ -54,3 +56,6 @@ def verify_command() -> None:
                f"{len(failures)} undecryptable.")
     if failures:
         sys.exit(1)
+
+
+COMMANDS = [rotate_key_command, verify_command]

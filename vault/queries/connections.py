@@ -4,8 +4,8 @@ Views parse the query string into the small filter classes here and render what 
 functions return. Every page runs a fixed number of statements whatever the number of
 connections (grouped counts, one LIMIT/OFFSET page), and nothing here decrypts: the list
 and health pages read status and expiry columns only (DESIGN.md section 3). The health
-page's own queries are in :mod:`vault.token_health`, the audit page's in
-:mod:`vault.audit_search`.
+page's own queries are in :mod:`vault.queries.health`, the audit page's in
+:mod:`vault.queries.audit`.
 
 A connection's *health* is what staff act on, computed in SQL by one expression
 (:attr:`_Source.health`) that the overview counts, the list filter and the health page all
@@ -29,7 +29,7 @@ from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
-from vault.providers import ProviderRegistry
+from vault.providers.registry import ProviderRegistry
 
 PAGE_SIZE = 50
 SOON = timedelta(hours=24)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
-from vault.audit_search import AuditFilters, audit_actions, list_audit
+from vault.queries.audit import AuditFilters, audit_actions, list_audit
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 

@@ -1,6 +1,6 @@
 """Fixtures and helpers shared by the refresh, batch-refresh and token-API tests.
 
-Test modules take them all with ``from tests.refresh_fixtures import *``: pytest finds
+Test modules take them all with ``from tests.support.refresh_fixtures import *``: pytest finds
 fixtures in a module's namespace, and only there, so ``postgres_url`` below (one database
 per module) replaces the conftest one for those modules alone.
 """
@@ -12,11 +12,11 @@ from datetime import timedelta
 
 import pytest
 
-from bench.database import temporary_database
-from tests.provider_stub import ProviderStub
+from tests.support.databases import temporary_database
+from tests.support.provider_stub import ProviderStub
 from vault.extensions import db
 from vault.models import Connection, TokenKind, utcnow
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 __all__ = [
     "OLD_ACCESS_TOKEN",

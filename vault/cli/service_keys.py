@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import with_appcontext
 
-from vault import service_keys
+from vault.services import service_keys
 from vault.extensions import db
 
-service_keys_cli = AppGroup("service-keys", help="Manage API keys for integrations.")
 
 
-def register_commands(app: Flask) -> None:
-    """Attach the ``service-keys`` group to the app."""
-    app.cli.add_command(service_keys_cli)
 
 
-@service_keys_cli.command("create")
+@click.command("create")
 @click.argument("name")
 @click.option(
     "--provider", "providers", multiple=True, metavar="KEY",
     help="Allow only this provider's connections (repeatable) [default: all providers].",
 )
+@with_appcontext
 def create_command(name: str, providers: tuple[str, ...]) -> None:
     """Create a key; it is printed once, as the last line, and stored only as a hash."""
     known = {provider.key for provider in current_app.extensions["providers"]}
@@ -38,7 +35,8 @@ def create_command(name: str, providers: tuple[str, ...]) -> None:
     click.echo(key)
 
 
-@service_keys_cli.command("list")
+@click.command("list")
+@with_appcontext
 def list_command() -> None:
     """List keys: name, prefix, providers, last use and state (never the key)."""
     rows = service_keys.list_keys()
@@ -52,8 +50,9 @@ def list_command() -> None:
                    f"last used {_when(row.last_used_at) or 'never'}\t{state}")
 
 
-@service_keys_cli.command("revoke")
+@click.command("revoke")
 @click.argument("name")
+@with_appcontext
 def revoke_command(name: str) -> None:
     """Revoke a key at once; requests with it are refused from now on."""
     try:
@@ -66,3 +65,6 @@ def revoke_command(name: str) -> None:
 
 def _when(moment) -> str | None:
     return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else None
+
+
+COMMANDS = [create_command, list_command, revoke_command]

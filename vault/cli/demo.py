@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import click
+from flask.cli import with_appcontext
 from flask import current_app
 from sqlalchemy import insert, select, text
 
-from vault.cli import vault_cli
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Role, Token, User, utcnow
-from vault.providers import PRESETS, Provider
-from vault.store import token_vault
+from vault.providers.registry import PRESETS, Provider
+from vault.tokens.store import token_vault
 
 BUILT_IN_PROVIDERS = ("google", "microsoft", "voicenter", "greeninvoice", "whatsapp")
 CHUNK = 2000
@@ -317,11 +317,12 @@ class _Builder:
         return events
 
 
-@vault_cli.command("seed-demo")
+@click.command("seed-demo")
 @click.option("--connections", "count", type=click.IntRange(1, 1_000_000), default=200,
               show_default=True, help="How many fake connections to add.")
 @click.option("--seed", type=int, default=None,
               help="Random seed, for the same spread of statuses and expiries every time.")
+@with_appcontext
 def seed_demo_command(count: int, seed: int | None) -> None:
     """Fill the database with fake connections and encrypted fake tokens (demos, benchmarks).
 
@@ -339,3 +340,6 @@ def seed_demo_command(count: int, seed: int | None) -> None:
     click.echo(f"Created {report.connections:,} demo connections ({spread}) across "
                f"{', '.join(report.providers)}: {report.tokens:,} encrypted values, "
                f"{report.audit_events:,} audit events, in {report.seconds:.1f} s.")
+
+
+COMMANDS = [seed_demo_command]

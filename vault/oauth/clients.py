@@ -15,8 +15,8 @@ from sqlalchemy import delete, insert
 
 from vault.extensions import db
 from vault.models import OAuthState, utcnow
-from vault.providers import Provider
-from vault.store import token_vault
+from vault.providers.registry import Provider
+from vault.tokens.store import token_vault
 
 PROVIDER_TIMEOUT_SECONDS = 10
 _EXTENSION = "vault_oauth"

@@ -12,7 +12,7 @@
 5. A lock timeout is not a credential failure: the caller is told the token is unavailable.
 
 :func:`refresh_now` (manual refresh) and :func:`refresh_due` (cron and the dashboard's batch
-button, in :mod:`vault.refresh_batch`) use the same engine.
+button, in :mod:`vault.refresh.batch`) use the same engine.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from datetime import datetime, timedelta
 from flask import Flask, current_app
 
 from vault import audit
-from vault import refresh_rows as rows
+from vault.refresh import rows
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
 from vault.redact import redact_known
-from vault.refresh_grants import (
+from vault.grants.requests import (
     Credentials,
     GrantRejected,
     NewTokens,
@@ -40,14 +40,13 @@ from vault.refresh_grants import (
     provider_timeout,
     request_tokens,
 )
-from vault.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
+from vault.tokens.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
 
 __all__ = [
     "Outcome",
     "ProviderUnavailable",
     "RefreshEngine",
     "RefreshResult",
-    "refresh_due",
     "refresh_now",
     "register_refresh",
 ]
@@ -98,7 +97,7 @@ class RefreshResult:
 
 
 class RefreshEngine:
-    """The :class:`~vault.store.Refresher` for one app: runs the protocol for a connection."""
+    """The :class:`~vault.tokens.store.Refresher` for one app: runs the protocol for a connection."""
 
     def __init__(self) -> None:
         # connection id -> [lock, number of threads using it]; entries go when unused.
@@ -345,19 +344,6 @@ def refresh_now(connection: Connection, actor: Actor) -> RefreshResult:
     """Refresh ``connection`` now, even when its token is fresh (the dashboard's button)."""
     engine: RefreshEngine = current_app.extensions["refresh_engine"]
     return engine.run(connection.id, force=True, actor=actor)
-
-
-def refresh_due(
-    within: int | None = None, concurrency: int = 4, *, actor: Actor = "system", progress=None
-):
-    """Refresh every connection due within ``within`` seconds (default: the refresh buffer).
-
-    Returns a :class:`vault.refresh_batch.RefreshSummary`; see that module for how several
-    concurrent runs share the work.
-    """
-    from vault.refresh_batch import run_batch  # the batch module builds on this one
-
-    return run_batch(within, concurrency, actor=actor, progress=progress)
 
 
 def _lock_timeout() -> float:

@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from vault.providers import Provider
+from vault.providers.registry import Provider
 
 DISCOVERY_TIMEOUT_SECONDS = 10
 CACHE_SECONDS = 3600

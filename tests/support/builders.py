@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode
 
-from vault import accounts
+from vault.services import accounts
 from vault.extensions import db
 from vault.models import User
 

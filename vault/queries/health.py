@@ -1,6 +1,6 @@
 """The health page's queries: what needs attention, keys in use, upcoming expiries.
 
-Built on the health expression of :mod:`vault.dashboard`; nothing here decrypts.
+Built on the health expression of :mod:`vault.queries.connections`; nothing here decrypts.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Row, and_, bindparam, case, func, select
 
-from vault.dashboard import NOW, Health, at, health_source
+from vault.queries.connections import NOW, Health, at, health_source
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
 

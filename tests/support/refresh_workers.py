@@ -11,7 +11,7 @@ def fetch_access_token(config: dict, connection_id: int, barrier, results) -> No
     from vault import create_app
     from vault.extensions import db
     from vault.models import Connection
-    from vault.store import token_vault
+    from vault.tokens.store import token_vault
 
     app = create_app(config)
     with app.app_context():
@@ -30,7 +30,7 @@ def fetch_access_token(config: dict, connection_id: int, barrier, results) -> No
 def warm_up_fork_server() -> None:
     """Stretch the test secret once in the fork server, so 50 children need not (~0.15 s each).
 
-    Called when the fork server imports ``tests.refresh_forkserver`` (see that module).
+    Called when the fork server imports ``tests.support.refresh_forkserver`` (see that module).
     """
     from tests.conftest import TEST_ENCRYPTION_SECRET
     from vault.crypto import _stretch_secret

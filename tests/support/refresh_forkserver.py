@@ -4,6 +4,6 @@ Importing it has a side effect on purpose: a fork server runs nothing but import
 (``set_forkserver_preload``), and what it computes is inherited by every child it forks.
 """
 
-from tests.refresh_workers import warm_up_fork_server
+from tests.support.refresh_workers import warm_up_fork_server
 
 warm_up_fork_server()

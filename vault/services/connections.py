@@ -15,16 +15,16 @@ from authlib.integrations.requests_client import OAuth2Session
 from sqlalchemy import select
 
 from vault import audit
-from vault.discovery import DiscoveryError, server_metadata
+from vault.oauth.discovery import DiscoveryError, server_metadata
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
-from vault.providers import Provider
+from vault.providers.registry import Provider
 from vault.redact import redact_known
-from vault.refresh_grants import (
+from vault.grants.requests import (
     Credentials, GrantRejected, NewTokens, NotRefreshable, ProviderFailure, provider_timeout,
     request_tokens,
 )
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 REVOCATION_TIMEOUT_SECONDS = 10
 

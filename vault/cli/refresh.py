@@ -1,6 +1,6 @@
 """``flask vault refresh-due``: refresh every token that expires soon (cron, timers, CronJobs).
 
-Importing this module attaches the command to the ``vault`` group of :mod:`vault.cli`.
+Importing this module attaches the command to the ``vault`` group of :mod:`vault.cli.users`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ import json
 import sys
 
 import click
+from flask.cli import with_appcontext
 
-from vault.cli import vault_cli
 from vault.config import MAX_REFRESH_CONCURRENCY
-from vault.refresh import RefreshResult, refresh_due
-from vault.refresh_batch import count_due
+from vault.refresh.batch import refresh_due
+from vault.refresh.engine import RefreshResult
+from vault.refresh.batch import count_due
 
 
-@vault_cli.command("refresh-due")
+@click.command("refresh-due")
 @click.option(
     "--within",
     type=click.IntRange(min=0),
@@ -31,6 +32,7 @@ from vault.refresh_batch import count_due
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
+@with_appcontext
 def refresh_due_command(
     ctx: click.Context, within: int | None, concurrency: int, as_json: bool
 ) -> None:
@@ -56,3 +58,6 @@ def refresh_due_command(
                        f"{problem.message}", err=True)
         click.echo(summary.line())
     ctx.exit(0 if summary.ok else 1)
+
+
+COMMANDS = [refresh_due_command]

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from vault.dashboard import PAGE_SIZE, Page, page_number, positive_int
+from vault.queries.connections import PAGE_SIZE, Page, page_number, positive_int
 from vault.extensions import db
 from vault.models import AuditEvent
 

@@ -41,7 +41,7 @@ class NeedsReconnect(TokenUnavailable):
 
 
 class Refresher(Protocol):
-    """The seam the refresh engine plugs into (``vault.refresh``).
+    """The seam the refresh engine plugs into (``vault.refresh.engine``).
 
     ``refresh(connection)`` obtains new tokens from the provider, stores them through the
     vault and commits, or raises :class:`TokenUnavailable` / :class:`NeedsReconnect`.

@@ -7,23 +7,18 @@ from contextlib import contextmanager
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
-from vault import accounts, audit
+from vault import audit
+from vault.services import accounts
 from vault.extensions import db
 from vault.models import Role, User
 
-users_cli = AppGroup("users", help="Manage staff accounts.")
-vault_cli = AppGroup("vault", help="Operate on the encrypted vault.")
 
 ROLE_CHOICE = click.Choice([role.value for role in Role])
 
 
-def register_commands(app: Flask) -> None:
-    """Attach every command group to the app."""
-    app.cli.add_command(users_cli)
-    app.cli.add_command(vault_cli)
 
 
 @contextmanager
@@ -35,10 +30,11 @@ def _reported_as_usage_errors() -> Iterator[None]:
         raise click.ClickException(str(error)) from None
 
 
-@users_cli.command("create")
+@click.command("create")
 @click.argument("email")
 @click.option("--role", type=ROLE_CHOICE, required=True, help="admin or viewer")
 @click.option("--password", help="Prompted for (hidden, twice) when not given.")
+@with_appcontext
 def create_user_command(email: str, role: str, password: str | None) -> None:
     """Create a staff account."""
     if password is None:
@@ -50,8 +46,9 @@ def create_user_command(email: str, role: str, password: str | None) -> None:
     click.echo(f"Created {role} {user.email}.")
 
 
-@users_cli.command("create-first-admin")
+@click.command("create-first-admin")
 @click.option("--email", default="admin@localhost", show_default=True)
+@with_appcontext
 def create_first_admin_command(email: str) -> None:
     """Create an admin with a one-time password, only when no user exists yet."""
     if accounts.count_users() > 0:
@@ -66,7 +63,8 @@ def create_first_admin_command(email: str) -> None:
     click.echo(f"  password: {password}   (one-time: you must change it after signing in)")
 
 
-@users_cli.command("list")
+@click.command("list")
+@with_appcontext
 def list_users_command() -> None:
     """List staff accounts."""
     for user in db.session.scalars(select(User).order_by(User.email)):
@@ -74,9 +72,10 @@ def list_users_command() -> None:
         click.echo(f"{user.email}\t{user.role}\t{state}")
 
 
-@users_cli.command("set-role")
+@click.command("set-role")
 @click.argument("email")
 @click.argument("role", type=ROLE_CHOICE)
+@with_appcontext
 def set_role_command(email: str, role: str) -> None:
     """Make a staff account an admin or a viewer (from its next request on)."""
     with _reported_as_usage_errors():
@@ -91,15 +90,17 @@ def set_role_command(email: str, role: str) -> None:
     click.echo(f"{user.email} is now {role} (was {previous}).")
 
 
-@users_cli.command("disable")
+@click.command("disable")
 @click.argument("email")
+@with_appcontext
 def disable_user_command(email: str) -> None:
     """Disable a staff account; its sessions end at their next request."""
     _set_enabled(email, enabled=False)
 
 
-@users_cli.command("enable")
+@click.command("enable")
 @click.argument("email")
+@with_appcontext
 def enable_user_command(email: str) -> None:
     """Enable a disabled staff account again."""
     _set_enabled(email, enabled=True)
@@ -115,3 +116,6 @@ def _set_enabled(email: str, *, enabled: bool) -> None:
     audit.record(f"user.{state}", target=user.email, actor="cli")
     db.session.commit()
     click.echo(f"{user.email} is {state}.")
+
+
+COMMANDS = [create_user_command, create_first_admin_command, list_users_command, set_role_command, disable_user_command, enable_user_command]

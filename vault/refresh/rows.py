@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from vault.extensions import db
 from vault.models import Connection, Token, TokenKind
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE raised when lock_timeout expires
 _REFRESHABLE_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)

@@ -22,8 +22,8 @@ from sqlalchemy import Select, func, or_, select
 
 from vault.extensions import db
 from vault.models import Connection
-from vault.refresh import Actor, Outcome, RefreshEngine, RefreshResult
-from vault.store import token_vault
+from vault.refresh.engine import Actor, Outcome, RefreshEngine, RefreshResult
+from vault.tokens.store import token_vault
 
 Progress = Callable[[RefreshResult], None]
 
@@ -93,10 +93,17 @@ def count_due(within: int | None = None) -> int:
     return db.session.scalar(select(func.count()).select_from(statement.subquery())) or 0
 
 
-def run_batch(
-    within: int | None, concurrency: int, *, actor: Actor, progress: Progress | None
+def refresh_due(
+    within: int | None = None,
+    concurrency: int = 4,
+    *,
+    actor: Actor = "system",
+    progress: Progress | None = None,
 ) -> RefreshSummary:
-    """Refresh every due connection with ``concurrency`` workers; see the module docstring."""
+    """Refresh every connection due within ``within`` seconds (default: the refresh buffer).
+
+    ``concurrency`` workers claim due connections one at a time; see the module docstring.
+    """
     app = current_app._get_current_object()
     engine: RefreshEngine = app.extensions["refresh_engine"]
     window = _window(within)

@@ -18,7 +18,7 @@ from vault.config import ConfigError
 from vault.crypto import DecryptionError
 from vault.extensions import db
 from vault.models import Token
-from vault.store import token_vault
+from vault.tokens.store import token_vault
 
 DEFAULT_BATCH_SIZE = 500
 # How many values the start-up check tries before it believes the secret is wrong.

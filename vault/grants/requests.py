@@ -32,8 +32,8 @@ from flask import current_app
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
-from vault.discovery import DiscoveryError, token_endpoint
-from vault.providers import CLIENT_CREDENTIALS, Provider
+from vault.oauth.discovery import DiscoveryError, token_endpoint
+from vault.providers.registry import CLIENT_CREDENTIALS, Provider
 
 DEFAULT_PROVIDER_TIMEOUT_SECONDS = 10
 # Errors that mean the grant itself is gone (RFC 6749 section 5.2).
