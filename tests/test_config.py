@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import TEST_ENCRYPTION_SECRET, TEST_SECRET_KEY
 from vault import PROJECT_ROOT, create_app
-from vault.config import MAX_REFRESH_CONCURRENCY, ConfigError, database_url, load_config
+from vault.config import (
+    DEFAULTS,
+    ENVIRONMENT_VARIABLES,
+    MAX_REFRESH_CONCURRENCY,
+    ConfigError,
+    database_url,
+    load_config,
+)
+
+SECRETS = {"SECRET_KEY": TEST_SECRET_KEY, "ENCRYPTION_SECRET": TEST_ENCRYPTION_SECRET}
 
 
 def start(app_config, **changes):
@@ -29,6 +41,11 @@ def start(app_config, **changes):
         ({"DATABASE_URL": "postgresql://localhost"}, "DATABASE_URL names no database"),
         ({"VAULT_REFRESH_BUFFER_SECONDS": "soon"}, "VAULT_REFRESH_BUFFER_SECONDS must be a whole"),
         ({"VAULT_PROVIDERS_FILE": "/nonexistent/providers.toml"}, "cannot be read"),
+        ({"VAULT_PROVIDER_TIMEOUT_SECONDS": "0"}, "VAULT_PROVIDER_TIMEOUT_SECONDS must be at least 1"),
+        ({"VAULT_REFRESH_BACKOFF_CAP_SECONDS": "1h"}, "VAULT_REFRESH_BACKOFF_CAP_SECONDS must be"),
+        ({"VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": "soon"}, "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS must be"),
+        ({"VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": "0"}, "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS must be"),
+        ({"VAULT_RATELIMIT_STORAGE_URI": "redis//:pw@cache"}, "VAULT_RATELIMIT_STORAGE_URI must"),
     ],
 )
 def test_bad_configuration_stops_start_up_with_one_line(app_config, changes, expected):
@@ -134,3 +151,103 @@ def test_postgresql_pools_allow_one_connection_per_refresh_worker(tmp_path):
     own = {"pool_size": 20}
     assert engine_options(DATABASE_URL=postgres, SQLALCHEMY_ENGINE_OPTIONS=own) == own
     assert engine_options(DATABASE_URL=f"sqlite:///{tmp_path / 'v.db'}") is None
+
+
+@pytest.fixture
+def clean_environment(monkeypatch):
+    """No Token Vault variable from the developer's shell leaks into the test."""
+    for name in ENVIRONMENT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def env_example() -> list[tuple[str, str, int]]:
+    """``.env.example`` as (variable, value, lines of comment just above it), in file order."""
+    entries, comment = [], 0
+    for line in (Path(PROJECT_ROOT) / ".env.example").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            comment = 0
+        elif line.startswith("#"):
+            comment += 1
+        else:
+            match = re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", line)
+            assert match, f"not NAME=value: {line!r}"
+            entries.append((match[1], match[2], comment))
+            comment = 0
+    return entries
+
+
+def test_env_example_lists_exactly_the_variables_config_reads():
+    names = [name for name, _, _ in env_example()]
+    assert len(names) == len(set(names))
+    assert set(names) == set(ENVIRONMENT_VARIABLES)
+
+
+def test_env_example_shows_config_defaults_each_with_a_short_comment():
+    for name, value, comment_lines in env_example():
+        assert value == ("" if DEFAULTS[name] is None else str(DEFAULTS[name])), name
+        assert 1 <= comment_lines <= 3, name
+
+
+def test_a_copy_of_env_example_changes_nothing(tmp_path, clean_environment):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    untouched = load_config(str(instance), str(tmp_path), SECRETS)
+    shutil.copy(Path(PROJECT_ROOT) / ".env.example", instance / ".env")
+    assert load_config(str(instance), str(tmp_path), SECRETS) == untouched
+
+
+# A value other than the default for every variable, as it would appear in the environment.
+NON_DEFAULT_VALUES = {
+    "SECRET_KEY": "s" * 40,
+    "ENCRYPTION_SECRET": "e" * 40,
+    "ENCRYPTION_SECRET_PREVIOUS": "p" * 40,
+    "DATABASE_URL": "postgresql://vault@db.internal/vault",
+    "VAULT_PROVIDERS_FILE": os.devnull,
+    "VAULT_REFRESH_BUFFER_SECONDS": "120",
+    "VAULT_SESSION_IDLE_MINUTES": "5",
+    "VAULT_SESSION_MAX_HOURS": "2",
+    "VAULT_RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0",
+    "VAULT_TRUSTED_PROXIES": "1",
+    "VAULT_BASE_URL": "https://vault.example.com",
+    "VAULT_PROVIDER_TIMEOUT_SECONDS": "4",
+    "VAULT_REFRESH_BACKOFF_BASE_SECONDS": "7",
+    "VAULT_REFRESH_BACKOFF_CAP_SECONDS": "70",
+    "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": "2.5",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT_VALUES))
+def test_every_declared_variable_is_read_from_the_environment(name, tmp_path, clean_environment):
+    assert set(NON_DEFAULT_VALUES) == set(ENVIRONMENT_VARIABLES)
+    for secret, value in SECRETS.items():
+        clean_environment.setenv(secret, value)
+    before = load_config(str(tmp_path), str(tmp_path))
+    clean_environment.setenv(name, NON_DEFAULT_VALUES[name])
+    assert load_config(str(tmp_path), str(tmp_path)) != before
+
+
+def test_refresh_lock_timeout_comes_from_the_environment(app_config, clean_environment):
+    assert start(app_config).config["VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"] == 15
+    assert start(app_config, VAULT_PROVIDER_TIMEOUT_SECONDS=3).config[
+        "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"
+    ] == 8
+    clean_environment.setenv("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS", "2.5")
+    assert start(app_config).config["VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"] == 2.5
+    assert start(app_config, VAULT_REFRESH_LOCK_TIMEOUT_SECONDS=40).config[
+        "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"
+    ] == 40
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan", "inf"])
+def test_bad_refresh_lock_timeout_is_a_config_error(value, tmp_path, clean_environment):
+    clean_environment.setenv("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS", value)
+    with pytest.raises(ConfigError, match="VAULT_REFRESH_LOCK_TIMEOUT_SECONDS must be a number"):
+        load_config(str(tmp_path), str(tmp_path), SECRETS)
+
+
+def test_bad_rate_limit_store_never_echoes_its_password(app_config):
+    with pytest.raises(SystemExit) as stopped:
+        start(app_config, VAULT_RATELIMIT_STORAGE_URI="reddis://:hunter2@cache:6379/0")
+    assert "scheme 'reddis'" in str(stopped.value.code)
+    assert "hunter2" not in str(stopped.value.code)

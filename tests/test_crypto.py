@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import hmac
+import os
 
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vault.crypto import FORMAT_VERSION, DecryptionError, TokenCipher, _Key, _stretch_secret
+from vault import crypto as crypto_module
+from vault.crypto import (
+    _SUBKEY_INFO,
+    FORMAT_VERSION,
+    DecryptionError,
+    TokenCipher,
+    _Key,
+    _stretch_secret,
+)
 
 CURRENT = "current-secret-for-tests-0123456789abcdef"
 OLD = "retired-secret-for-tests-0123456789abcdef"
@@ -148,20 +158,61 @@ def test_scrypt_runs_once_per_secret_per_process():
     assert info.misses == 2 and info.hits == 8
 
 
-def test_subkey_derivation_is_hkdf_sha256_expand():
-    master = _stretch_secret(CURRENT)
-    salt = bytes(range(16))
-    expected = HKDFExpand(hashes.SHA256(), 32, b"token-vault/v1/aes-256-gcm/" + salt).derive(
-        master
-    )
-    key = _Key(master)
-    nonce = bytes(12)
-    # Same key: what one encrypts with the reference HKDF key, the other decrypts.
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+def _reference_subkey(master: bytes, salt: bytes) -> bytes:
+    return HKDFExpand(hashes.SHA256(), 32, _SUBKEY_INFO + salt).derive(master)
 
-    sealed = AESGCM(expected).encrypt(nonce, b"probe", None)
-    assert key.subkey(salt).decrypt(nonce, sealed, None) == b"probe"
+
+@settings(max_examples=50, deadline=None)
+@given(salt=st.binary(min_size=16, max_size=16))
+def test_subkey_derivation_is_hkdf_sha256_expand(salt):
+    master = _stretch_secret(CURRENT)
+    key = _Key(master)
+    assert isinstance(key._prefix, hmac.HMAC)  # the standard-library HMAC, no hand-made pads
+    nonce = bytes(12)
+    expected = AESGCM(_reference_subkey(master, salt)).encrypt(nonce, b"probe", b"aad")
+    # Same key <=> same ciphertext and tag under the same nonce; asked twice, so the shared
+    # keyed prefix state must not be consumed or altered by a derivation.
+    for _ in range(2):
+        assert key.subkey(salt).encrypt(nonce, b"probe", b"aad") == expected
+        assert key.subkey(salt).decrypt(nonce, expected, b"aad") == b"probe"
     assert key.key_id == hmac.digest(master, b"token-vault/v1/key-id", "sha256")[:4]
+
+
+def test_subkeys_match_reference_for_several_random_salts_and_keys():
+    for secret in (CURRENT, OLD, OTHER):
+        master = _stretch_secret(secret)
+        key = _Key(master)
+        for salt in [bytes(16), b"\xff" * 16] + [os.urandom(16) for _ in range(20)]:
+            nonce = os.urandom(12)
+            expected = AESGCM(_reference_subkey(master, salt)).encrypt(nonce, b"probe", None)
+            assert key.subkey(salt).encrypt(nonce, b"probe", None) == expected
+
+
+# Known-answer vector produced by the original hand-built HMAC pad implementation (before the
+# switch to hmac.new(...).copy()), with os.urandom patched so salt = 10..1f, nonce = 20..2b.
+# Every stored ciphertext must keep decrypting, so this must never change.
+KAT_SECRET = "known-answer-secret-for-tests-0123456789abc"
+KAT_AAD = b"connection:7:refresh"
+KAT_PLAINTEXT = "1//0g-old-refresh-token-\u20ac"
+KAT_KEY_ID = "1f77df6f"
+KAT_BLOB = bytes.fromhex(
+    "011f77df6f101112131415161718191a1b1c1d1e1f202122232425262728292a2b"
+    "be7e16a33b779a2ec62755f9bd2694f5770ba7a66038e3b7a91dd4f93e53a4bf2fba3a134c0253c29e20ec"
+)
+
+
+def test_ciphertext_from_the_previous_implementation_still_decrypts(monkeypatch):
+    cipher = TokenCipher(KAT_SECRET)
+    assert cipher.current_key_id == KAT_KEY_ID
+    assert cipher.decrypt(KAT_BLOB, aad=KAT_AAD) == KAT_PLAINTEXT
+    rotated = TokenCipher(CURRENT, previous=[KAT_SECRET])
+    assert rotated.decrypt(KAT_BLOB, aad=KAT_AAD) == KAT_PLAINTEXT
+    with pytest.raises(DecryptionError):
+        cipher.decrypt(KAT_BLOB, aad=b"connection:7:access")
+    # With the same salt and nonce the new code reproduces the old bytes exactly.
+    fixed = bytes(range(0x10, 0x10 + 28))
+    monkeypatch.setattr(crypto_module.os, "urandom", lambda n: fixed[:n])
+    assert cipher.encrypt(KAT_PLAINTEXT, aad=KAT_AAD) == KAT_BLOB
 
 
 @settings(max_examples=25, deadline=None)

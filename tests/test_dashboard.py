@@ -31,6 +31,9 @@ token_url = "https://acme.example/token"
 
 [voicenter]
 preset = "voicenter"
+
+[greeninvoice]
+preset = "greeninvoice"
 """
 
 
@@ -76,7 +79,11 @@ def one_of_each_health():
         "expired, refresh token": add(access=-HOUR, refresh=None),
         "expired, no refresh token": add(access=-HOUR),
         "expired, refresh token expired": add(access=-HOUR, refresh=-60),
-        "expired, API secret": add("voicenter", access=-HOUR, api_key=None, api_secret=None),
+        "expired, key exchange": add("greeninvoice", access=-HOUR, api_key=None, api_secret=None),
+        # A secret stored for a provider without a token exchange renews nothing.
+        "expired, API secret, no exchange": add(
+            "voicenter", access=-HOUR, api_key=None, api_secret=None
+        ),
         "API key, no expiry": add("voicenter", api_key=None),
         "API key expiring": add("voicenter", api_key=HOUR),
         "refused": add(status="needs_reconnect", error="invalid_grant: revoked", access=-HOUR),
@@ -90,7 +97,8 @@ def one_of_each_health():
 EXPECTED = {
     "active": "active", "unknown expiry": "active", "expiring": "expiring",
     "expired, refresh token": "refreshable", "expired, no refresh token": "needs_reconnect",
-    "expired, refresh token expired": "needs_reconnect", "expired, API secret": "refreshable",
+    "expired, refresh token expired": "needs_reconnect", "expired, key exchange": "refreshable",
+    "expired, API secret, no exchange": "needs_reconnect",
     "API key, no expiry": "active", "API key expiring": "expiring", "refused": "needs_reconnect",
     "backing off": "error", "error status": "error", "disconnected": "disconnected",
 }
@@ -100,8 +108,8 @@ EXPECTED = {
 def test_health_is_computed_alike_for_counts_and_list_filters(admin_client):
     ids = one_of_each_health()
     counts = health_counts()
-    totals = {state: counts["acme"][state] + counts["voicenter"][state] for state in
-              {s.value for s in Health}}
+    totals = {state: sum(by_provider[state] for by_provider in counts.values())
+              for state in {s.value for s in Health}}
     assert totals == {state: list(EXPECTED.values()).count(state) for state in totals}
     for state in Health:
         listed = page_text(admin_client.get(f"/connections?status={state.value}"))
@@ -118,7 +126,7 @@ def test_providers_overview_counts_by_health_and_offers_connect(admin_client):
     assert "OAuth 2.0" in html and "API key" in html
     assert 'aria-label="Connect Acme"' in html
     assert 'aria-label="Add credentials for Voicenter"' in html
-    assert "All connections: 14" in html
+    assert "All connections: 15" in html
     # each count links to the list filtered to it
     assert 'href="/connections?status=needs_reconnect&amp;provider=acme"' in html
     assert re.search(r"Needs reconnect</span> <span class=\"count\">3</span>", html)
@@ -216,14 +224,14 @@ def test_health_page_lists_what_needs_attention_keys_and_the_chart(admin_client)
     db.session.commit()
     html = page_text(admin_client.get("/health"))
     assert 'aria-current="page">Health<' in html
-    assert "Expiring within 24 hours (2)" in html and "Needs reconnect (3)" in html
+    assert "Expiring within 24 hours (2)" in html and "Needs reconnect (4)" in html
     assert "Failing (2)" in html
     assert "invalid_grant: revoked" in html and "expired, and nothing stored can renew it" in html
     assert "503 from the provider" in html
     current = token_vault.cipher.current_key_id
     key_row = r"<code>{}</code></td>\s*<td>{}</td>\s*<td><span class=\"badge badge-{}\">"
     assert re.search(key_row.format(current, r"\d+", "current"), html)
-    assert re.search(key_row.format("0badc0de", 1, "unknown"), html)
+    assert re.search(key_row.format("0badc0de", 2, "unknown"), html)
     svg = html.split("<svg", 1)[1].split("</svg>", 1)[0]
     assert 'role="img"' in svg and "<title id=\"chart-title\">" in svg and "<desc" in svg
     assert len(re.findall(r"<rect ", svg)) >= 28 and "style=" not in svg

@@ -70,8 +70,8 @@ def test_an_api_key_with_nothing_to_refresh_gets_a_clear_message(vault_app, admi
     page = admin_client.get(f"/connections/{connection.id}").get_data(as_text=True)
     assert "Refresh now" not in page and "its API key is used as it is" in page
     message = flash(refresh(admin_client, connection.id))
-    assert message == ("info: Nothing was refreshed: this API-key provider has no token "
-                       "exchange to refresh with.")
+    assert message == ("info: Nothing was refreshed: its API key is used as it is; replace "
+                       "the credentials when they change.")
 
 
 def test_a_disconnected_connection_is_not_refreshed(vault_app, admin_client, stub):

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
 from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault.grants import requests as refresh_grants
+from vault.grants import RefreshTokenGrant
 from vault.models import AuditEvent, ConnectionStatus, TokenKind, utcnow
 from vault.refresh.engine import Outcome, ProviderUnavailable, refresh_now
 from vault.tokens.store import NeedsReconnect, TokenUnavailable, token_vault
@@ -141,15 +141,15 @@ def test_invalid_grant_after_someone_else_rotated_is_not_a_reconnect(
     vault_app, db, stub, monkeypatch
 ):
     connection_id = make_connection(stub, refresh_token="rt-stale")
-    real_request_tokens = refresh_grants.request_tokens
+    real_request = RefreshTokenGrant.request
 
-    def rotated_meanwhile(provider, credentials, **kwargs):
+    def rotated_meanwhile(grant, provider, credentials, **kwargs):
         # Another writer (a reconnect) replaces the grant while our call is on the wire.
         connection = load_current(connection_id)
         token_vault.store(connection, TokenKind.REFRESH, stub.issue_refresh_token())
         token_vault.store(connection, TokenKind.ACCESS, "at-from-the-reconnect",
                           expires_at=utcnow() + timedelta(hours=1))
-        return real_request_tokens(provider, credentials, **kwargs)
+        return real_request(grant, provider, credentials, **kwargs)
 
     def load_current(connection_id):
         from vault.extensions import db as _db
@@ -157,7 +157,7 @@ def test_invalid_grant_after_someone_else_rotated_is_not_a_reconnect(
 
         return _db.session.get(Connection, connection_id)
 
-    monkeypatch.setattr("vault.refresh.engine.request_tokens", rotated_meanwhile)
+    monkeypatch.setattr(RefreshTokenGrant, "request", rotated_meanwhile)
     token = access_token_of(connection_id)
     assert token.value == "at-from-the-reconnect"
     assert load(connection_id).status == "active"

@@ -174,28 +174,6 @@ def test_mark_invalid_keeps_errors_short_and_single_line(db):
     assert "\n" not in connection.last_error and len(connection.last_error) <= 500
 
 
-def test_find_expiring(db, clock):
-    def connection_expiring_in(subject, seconds, *, refresh=True, **fields):
-        connection = make_connection(db, subject=subject, **fields)
-        token_vault.store(connection, "access", f"a-{subject}", expires_at=NOW + timedelta(seconds=seconds))
-        if refresh:
-            token_vault.store(connection, "refresh", f"r-{subject}")
-        return connection
-
-    soon = connection_expiring_in("soon", 60)
-    sooner = connection_expiring_in("sooner", -30)
-    connection_expiring_in("later", 7200)
-    connection_expiring_in("no-refresh-token", 60, refresh=False)
-    connection_expiring_in("broken", 60, status=ConnectionStatus.NEEDS_RECONNECT.value)
-    connection_expiring_in("backing-off", 60, next_refresh_at=NOW + timedelta(minutes=5))
-    due_again = connection_expiring_in("due-again", 90, next_refresh_at=NOW - timedelta(minutes=1))
-    db.session.commit()
-
-    assert token_vault.find_expiring(300) == [sooner, soon, due_again]
-    assert token_vault.find_expiring(timedelta(seconds=300), limit=1) == [sooner]
-    assert len(token_vault.find_expiring(timedelta(hours=3))) == 4
-
-
 def test_delete_removes_tokens(db):
     connection = make_connection(db)
     for kind in ("access", "refresh", "id"):

@@ -1,19 +1,25 @@
 """Settings from the environment, ``.env`` and ``instance/.env``, checked at start-up.
 
 Precedence, highest first: values passed to ``create_app(config)``, the process environment,
-``instance/.env``, ``.env``. Nothing has a fallback secret: a missing or weak one stops the
-app with a one-line :class:`ConfigError` that says how to fix it.
+``instance/.env``, ``.env``; an empty value counts as unset. Nothing has a fallback secret: a
+missing or weak one stops the app with a one-line :class:`ConfigError` that says how to fix
+it. This module is the only place that reads a setting or knows its default: every key
+:func:`load_config` returns is always present, so the rest of the code reads
+``app.config["NAME"]`` and never supplies a default of its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from limits.storage import SCHEMES as RATELIMIT_SCHEMES
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -23,6 +29,31 @@ SUPPORTED_DATABASES = ("sqlite", "postgresql+psycopg")
 SECRET_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
 # The most connections `vault refresh-due --concurrency` may refresh at once.
 MAX_REFRESH_CONCURRENCY = 64
+# A refresh waiting for another's row lock must outlast the holder's provider call, which is
+# bounded by VAULT_PROVIDER_TIMEOUT_SECONDS; this margin covers the holder's database work.
+LOCK_TIMEOUT_MARGIN_SECONDS = 5
+
+# Every variable read from the environment, with its default: the one place a default is
+# written. None means no fixed default: unset (secrets, VAULT_BASE_URL) or worked out in
+# load_config from the instance folder or another setting. .env.example lists exactly these.
+DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "SECRET_KEY": None,
+    "ENCRYPTION_SECRET": None,
+    "ENCRYPTION_SECRET_PREVIOUS": None,
+    "DATABASE_URL": None,  # SQLite at instance/vault.db
+    "VAULT_PROVIDERS_FILE": None,  # instance/providers.toml, optional
+    "VAULT_REFRESH_BUFFER_SECONDS": 300,
+    "VAULT_SESSION_IDLE_MINUTES": 30,
+    "VAULT_SESSION_MAX_HOURS": 8,
+    "VAULT_RATELIMIT_STORAGE_URI": "memory://",
+    "VAULT_TRUSTED_PROXIES": 0,
+    "VAULT_BASE_URL": None,  # taken from each request
+    "VAULT_PROVIDER_TIMEOUT_SECONDS": 10,
+    "VAULT_REFRESH_BACKOFF_BASE_SECONDS": 30,
+    "VAULT_REFRESH_BACKOFF_CAP_SECONDS": 3600,
+    "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": None,  # provider timeout + LOCK_TIMEOUT_MARGIN_SECONDS
+})
+ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(DEFAULTS)
 
 
 class ConfigError(ValueError):
@@ -46,55 +77,55 @@ def load_config(
     env = read_environment(instance_path, project_root)
     overrides = dict(overrides or {})
 
-    def setting(name: str, default: Any = None) -> Any:
-        if name in overrides:
-            return overrides[name]
-        value = env.get(name)
-        return default if value in (None, "") else value
+    def given(name: str) -> Any:
+        # Only declared variables may be read, so ENVIRONMENT_VARIABLES cannot go stale.
+        if name not in DEFAULTS:
+            raise KeyError(f"{name} is not in vault.config.DEFAULTS")
+        value = overrides[name] if name in overrides else env.get(name)
+        return None if value is None or value == "" else value
 
+    def setting(name: str) -> Any:
+        value = given(name)
+        return DEFAULTS[name] if value is None else value
+
+    def integer(name: str, minimum: int) -> int:
+        return _integer(setting(name), name, minimum)
+
+    provider_timeout = integer("VAULT_PROVIDER_TIMEOUT_SECONDS", 1)
+    lock_timeout = given("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS")
+    if lock_timeout is None:
+        lock_timeout = provider_timeout + LOCK_TIMEOUT_MARGIN_SECONDS
     config: dict[str, Any] = {
         "SECRET_KEY": _secret(setting("SECRET_KEY"), "SECRET_KEY"),
         "ENCRYPTION_SECRET": _secret(setting("ENCRYPTION_SECRET"), "ENCRYPTION_SECRET"),
         "ENCRYPTION_SECRET_PREVIOUS": _previous_secrets(setting("ENCRYPTION_SECRET_PREVIOUS")),
         "SQLALCHEMY_DATABASE_URI": database_url(
-            setting("DATABASE_URL", f"sqlite:///{Path(instance_path) / 'vault.db'}")
+            given("DATABASE_URL") or f"sqlite:///{Path(instance_path) / 'vault.db'}"
         ),
-        "VAULT_PROVIDERS_FILE": setting(
-            "VAULT_PROVIDERS_FILE", str(Path(instance_path) / "providers.toml")
+        "VAULT_PROVIDERS_FILE": str(
+            given("VAULT_PROVIDERS_FILE") or Path(instance_path) / "providers.toml"
         ),
-        "VAULT_PROVIDERS_FILE_REQUIRED": "VAULT_PROVIDERS_FILE" in overrides
-        or "VAULT_PROVIDERS_FILE" in env,
-        "VAULT_REFRESH_BUFFER_SECONDS": _integer(
-            setting("VAULT_REFRESH_BUFFER_SECONDS", 300), "VAULT_REFRESH_BUFFER_SECONDS", 0
-        ),
-        "VAULT_SESSION_IDLE_MINUTES": _integer(
-            setting("VAULT_SESSION_IDLE_MINUTES", 30), "VAULT_SESSION_IDLE_MINUTES", 1
-        ),
-        "VAULT_SESSION_MAX_HOURS": _integer(
-            setting("VAULT_SESSION_MAX_HOURS", 8), "VAULT_SESSION_MAX_HOURS", 1
-        ),
-        "RATELIMIT_STORAGE_URI": setting("VAULT_RATELIMIT_STORAGE_URI", "memory://"),
+        # A file named explicitly must exist; the default one is optional (no providers).
+        "VAULT_PROVIDERS_FILE_REQUIRED": given("VAULT_PROVIDERS_FILE") is not None,
+        "VAULT_REFRESH_BUFFER_SECONDS": integer("VAULT_REFRESH_BUFFER_SECONDS", 0),
+        "VAULT_SESSION_IDLE_MINUTES": integer("VAULT_SESSION_IDLE_MINUTES", 1),
+        "VAULT_SESSION_MAX_HOURS": integer("VAULT_SESSION_MAX_HOURS", 1),
+        # Flask-Limiter reads its storage from this key.
+        "RATELIMIT_STORAGE_URI": _ratelimit_storage(setting("VAULT_RATELIMIT_STORAGE_URI")),
         "VAULT_BASE_URL": _base_url(setting("VAULT_BASE_URL")),
-        "VAULT_TRUSTED_PROXIES": _integer(
-            setting("VAULT_TRUSTED_PROXIES", 0), "VAULT_TRUSTED_PROXIES", 0
-        ),
-        "VAULT_PROVIDER_TIMEOUT_SECONDS": _integer(
-            setting("VAULT_PROVIDER_TIMEOUT_SECONDS", 10), "VAULT_PROVIDER_TIMEOUT_SECONDS", 1
-        ),
-        "VAULT_REFRESH_BACKOFF_BASE_SECONDS": _integer(
-            setting("VAULT_REFRESH_BACKOFF_BASE_SECONDS", 30),
-            "VAULT_REFRESH_BACKOFF_BASE_SECONDS", 1,
-        ),
-        "VAULT_REFRESH_BACKOFF_CAP_SECONDS": _integer(
-            setting("VAULT_REFRESH_BACKOFF_CAP_SECONDS", 3600),
-            "VAULT_REFRESH_BACKOFF_CAP_SECONDS", 1,
+        "VAULT_TRUSTED_PROXIES": integer("VAULT_TRUSTED_PROXIES", 0),
+        "VAULT_PROVIDER_TIMEOUT_SECONDS": provider_timeout,
+        "VAULT_REFRESH_BACKOFF_BASE_SECONDS": integer("VAULT_REFRESH_BACKOFF_BASE_SECONDS", 1),
+        "VAULT_REFRESH_BACKOFF_CAP_SECONDS": integer("VAULT_REFRESH_BACKOFF_CAP_SECONDS", 1),
+        "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": _seconds(
+            lock_timeout, "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"
         ),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
     }
     # Anything else a caller passes (TESTING, SERVER_NAME, ...) goes through untouched.
     for key, value in overrides.items():
-        if key not in {"DATABASE_URL"} and key not in config:
+        if key not in DEFAULTS and key not in config:
             config[key] = value
     if config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         # A process holds at most one connection per thread that uses the database: a few in
@@ -136,6 +167,27 @@ def _integer(value: Any, name: str, minimum: int) -> int:
     if number < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {number}")
     return number
+
+
+def _seconds(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not 0 < number < math.inf:  # also refuses nan
+        raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
+    return number
+
+
+def _ratelimit_storage(value: Any) -> str:
+    # Only the scheme is named: the rest of a redis:// URI may hold a password.
+    scheme = urlsplit(str(value)).scheme
+    if "://" not in str(value) or scheme.startswith("async+") or scheme not in RATELIMIT_SCHEMES:
+        raise ConfigError(
+            f"VAULT_RATELIMIT_STORAGE_URI must be memory:// or a shared store such as "
+            f"redis://HOST:6379/0, got a value with scheme {scheme or 'none'!r}"
+        )
+    return str(value)
 
 
 def _base_url(value: Any) -> str | None:

@@ -14,7 +14,6 @@ value's place, e.g. ``b"connection:42:access"``) are bound into the GCM tag.
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import os
 from collections.abc import Iterable
@@ -61,29 +60,26 @@ def _stretch_secret(secret: str) -> bytes:
 
 
 class _Key:
-    """One master key: its public id and a precomputed HKDF-Expand (HMAC-SHA256) state."""
+    """One master key: its public id and a keyed HKDF-Expand (HMAC-SHA256) prefix state."""
 
-    __slots__ = ("key_id", "header_prefix", "_inner", "_outer")
+    __slots__ = ("key_id", "header_prefix", "_prefix")
 
     def __init__(self, master_key: bytes) -> None:
-        # HMAC-SHA256 (RFC 2104) with the padded key states hashed once up front: deriving a
-        # subkey is then two cheap hash copies instead of a full HMAC set-up per value.
-        # The master key is already uniformly random (scrypt output), so HKDF's extract step
-        # is skipped as RFC 5869 section 3.3 allows; the per-value salt goes in the info.
-        block = master_key.ljust(64, b"\0")
-        # The inner hash also absorbs the constant label up front; only salt|0x01 varies.
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block) + _SUBKEY_INFO)
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        # HKDF-SHA256-Expand (RFC 5869) for a 32-byte output is a single block,
+        # T(1) = HMAC(master, info | 0x01), with info = label | salt. The master key is already
+        # uniformly random (scrypt output), so the extract step is skipped as section 3.3
+        # allows; the per-value salt goes in the info. The standard-library HMAC is keyed
+        # and fed the constant label once here; each value then copies that state and adds
+        # only salt | 0x01, so no per-value HMAC set-up is paid.
+        self._prefix = hmac.new(master_key, _SUBKEY_INFO, "sha256")
         self.key_id = hmac.digest(master_key, _KEY_ID_INFO, "sha256")[:_KEY_ID_LENGTH]
         self.header_prefix = bytes([FORMAT_VERSION]) + self.key_id
 
     def subkey(self, salt: bytes) -> AESGCM:
         """HKDF-SHA256-Expand(master, info=label|salt, L=32) as an AES-256-GCM cipher."""
-        inner = self._inner.copy()
-        inner.update(salt + b"\x01")
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return AESGCM(outer.digest())
+        h = self._prefix.copy()
+        h.update(salt + b"\x01")
+        return AESGCM(h.digest())
 
 
 class TokenCipher:

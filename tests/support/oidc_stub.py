@@ -5,6 +5,14 @@ redirect URI, PKCE S256, one-time codes), and each test can make it misbehave in
 specific way: an error answer, a non-JSON answer, a forged id_token, a wrong nonce, no
 refresh token, fewer scopes, a wrong ``iss``. ``google=True`` shapes its discovery document
 and answers like Google's documented ones.
+
+Every code exchange starts a :class:`Grant`. Like providers with refresh-token rotation and
+reuse detection (OAuth 2.0 Security BCP 4.14.2), the ``refresh_token`` grant rotates the
+refresh token on every use, and a spent one presented again revokes the whole grant: every
+later use of any of its tokens (refresh, userinfo) is refused, and the grant counts the reuse.
+``behaviour.expires_in`` sets the access tokens' lifetime; ``behaviour.id_token_account_claims``
+keeps the rest of the account out of the id_token (then only userinfo tells, OIDC Core 5.4).
+The userinfo endpoint wants a live access token: unexpired, of a grant still standing.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import functools
 import hashlib
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +70,43 @@ class Behaviour:
     iss_supported: bool = True
     revocation_status: int = 200
     account: dict[str, Any] = field(default_factory=lambda: dict(ACCOUNT))
+    expires_in: int = 3599                  # lifetime of every access token issued
+    # None: the id_token carries the whole account; else only these of its claims
+    # (("sub",): who, but no e-mail or name, which only the userinfo endpoint tells).
+    id_token_account_claims: tuple[str, ...] | None = None
+
+
+@dataclass
+class Grant:
+    """One authorization (a code exchange) and every token issued under it since."""
+
+    number: int
+    scope: str
+    refresh_tokens: list[str] = field(default_factory=list, repr=False)  # issue order
+    access_tokens: dict[str, float] = field(default_factory=dict, repr=False)  # -> expires at
+    revoked_access_tokens: set[str] = field(default_factory=set, repr=False)
+    revoked: str | None = None              # None, "reuse" or "revocation"
+    reuse_count: int = 0                    # spent refresh tokens presented again
+
+    @property
+    def current_refresh_token(self) -> str | None:
+        """The refresh token the provider would accept next (None once revoked)."""
+        if self.revoked is not None or not self.refresh_tokens:
+            return None
+        return self.refresh_tokens[-1]
+
+    def refresh_token_state(self, token: str) -> str:
+        """``current``, ``spent`` (rotated away), or ``revoked`` (the grant is gone)."""
+        if self.revoked is not None:
+            return "revoked"
+        return "current" if token == self.refresh_tokens[-1] else "spent"
+
+    def access_token_live(self, token: str) -> bool:
+        return (
+            self.revoked is None
+            and token not in self.revoked_access_tokens
+            and self.access_tokens.get(token, 0.0) > time.time()
+        )
 
 
 class OIDCStub:
@@ -75,7 +121,14 @@ class OIDCStub:
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, Any]] = []
         self.revocations: list[dict[str, str]] = []
-        self.issued: list[dict[str, Any]] = []
+        self.issued: list[dict[str, Any]] = []  # answers to code exchanges
+        self.refreshed: list[dict[str, Any]] = []  # answers to refresh_token grants
+        self.grants: list[Grant] = []
+        # What each revocation request presented: {"token_type_hint", "found"}, where found
+        # is "current", "spent" or "revoked" (a refresh token), "access" or "unknown".
+        self.revoked: list[dict[str, str]] = []
+        self.userinfo_requests: list[dict[str, Any]] = []  # {"ok": bool}
+        self._lock = threading.RLock()
         self._server = LiveServer(self._app)
         self.issuer = self._server.url
 
@@ -111,6 +164,30 @@ class OIDCStub:
             document["authorization_response_iss_parameter_supported"] = True
         return document
 
+    def grant_types(self) -> list[str | None]:
+        """The ``grant_type`` of every token request so far, in order."""
+        return [request["grant_type"] for request in self.token_requests]
+
+    @property
+    def reuse_count(self) -> int:
+        """How many times a spent refresh token was presented again, over every grant."""
+        return sum(grant.reuse_count for grant in self.grants)
+
+    def grant_of(self, token: str) -> Grant | None:
+        """The grant a refresh or access token was issued under (None: never issued)."""
+        with self._lock:
+            for grant in self.grants:
+                if token in grant.refresh_tokens or token in grant.access_tokens:
+                    return grant
+        return None
+
+    def refresh_token_state(self, token: str | None) -> str:
+        """What the provider thinks of a refresh token: current, spent, revoked or unknown."""
+        grant = self.grant_of(token) if token else None
+        if grant is None or token not in grant.refresh_tokens:
+            return "unknown"
+        return grant.refresh_token_state(token)
+
     def authorize(self, url_params: dict[str, str]) -> str:
         """Act as the user consenting: the URL the provider sends the browser back to."""
         self.authorize_requests.append(url_params)
@@ -132,6 +209,10 @@ class OIDCStub:
         request = Request(environ)
         routes = {
             "/.well-known/openid-configuration": lambda: self._json(self.metadata()),
+            # The user consents at once (tests usually call authorize() themselves instead).
+            "/authorize": lambda: Response(
+                status=302, headers={"Location": self.authorize(request.args.to_dict())}
+            ),
             "/jwks": lambda: self._json(KeySet([self.key]).as_dict(private=False)),
             "/token": lambda: self._token(request),
             "/userinfo": lambda: self._userinfo(request),
@@ -160,13 +241,16 @@ class OIDCStub:
 
     def _token(self, request: Request) -> Response:
         method = self._client_authenticated(request)
-        self.token_requests.append({"form": dict(request.form), "auth_method": method})
+        self.token_requests.append({"form": dict(request.form), "auth_method": method,
+                                    "grant_type": request.form.get("grant_type")})
         if method is None:
             return self._json({"error": "invalid_client"}, 401)
         behaviour = self.behaviour
         if behaviour.token_body is not None:
             return Response(behaviour.token_body, status=behaviour.token_status,
                             content_type=behaviour.token_content_type)
+        if request.form.get("grant_type") == "refresh_token":
+            return self._refresh(request.form.get("refresh_token", ""))
         grant = self.codes.pop(request.form.get("code", ""), None)
         if grant is None:
             return self._json({"error": "invalid_grant", "error_description": "unknown code"}, 400)
@@ -179,20 +263,51 @@ class OIDCStub:
         scope = behaviour.granted_scope if behaviour.granted_scope is not None else grant.get("scope", "")
         if self.google:  # Google names the shorthand OpenID scopes by their long URLs
             scope = " ".join(GOOGLE_SCOPE_NAMES.get(s, s) for s in scope.split())
-        answer: dict[str, Any] = {
-            "access_token": "ya29.stub-access-" + secrets.token_urlsafe(24),
-            "token_type": "Bearer",
-            "expires_in": 3599,
-            "scope": scope,
-        }
-        if not behaviour.omit_refresh_token:
-            answer["refresh_token"] = "1//stub-refresh-" + secrets.token_urlsafe(24)
-        if behaviour.omit_expires_in:
-            del answer["expires_in"]
+        with self._lock:
+            record = Grant(number=len(self.grants) + 1, scope=scope)
+            self.grants.append(record)
+            answer = self._new_tokens(record, refresh=not behaviour.omit_refresh_token)
         if "openid" in grant.get("scope", "").split() and not behaviour.omit_id_token:
             answer["id_token"] = self._id_token(grant, answer["access_token"])
         self.issued.append(answer)
         return self._json(answer)
+
+    def _new_tokens(self, grant: Grant, *, refresh: bool) -> dict[str, Any]:
+        """A token answer for ``grant``: a new access token, and a new refresh token."""
+        behaviour = self.behaviour
+        answer: dict[str, Any] = {
+            "access_token": "ya29.stub-access-" + secrets.token_urlsafe(24),
+            "token_type": "Bearer",
+            "expires_in": behaviour.expires_in,
+            "scope": grant.scope,
+        }
+        grant.access_tokens[answer["access_token"]] = time.time() + behaviour.expires_in
+        if refresh:
+            answer["refresh_token"] = "1//stub-refresh-" + secrets.token_urlsafe(24)
+            grant.refresh_tokens.append(answer["refresh_token"])
+        if behaviour.omit_expires_in:
+            del answer["expires_in"]
+        return answer
+
+    def _refresh(self, presented: str) -> Response:
+        """The refresh_token grant: rotate; a spent token presented again ends the grant."""
+        with self._lock:
+            grant = self.grant_of(presented) if presented else None
+            if grant is None or presented not in grant.refresh_tokens:
+                return self._invalid_grant("unknown refresh token")
+            state = grant.refresh_token_state(presented)
+            if state == "revoked":
+                return self._invalid_grant(f"the grant was revoked ({grant.revoked})")
+            if state == "spent":
+                grant.reuse_count += 1
+                grant.revoked = "reuse"
+                return self._invalid_grant("refresh token reused; the grant is revoked")
+            answer = self._new_tokens(grant, refresh=True)
+            self.refreshed.append(answer)
+        return self._json(answer)
+
+    def _invalid_grant(self, description: str) -> Response:
+        return self._json({"error": "invalid_grant", "error_description": description}, 400)
 
     def _id_token(self, grant: dict[str, str], access_token: str) -> str:
         now = int(time.time())
@@ -201,15 +316,26 @@ class OIDCStub:
             "iss": self.issuer, "aud": self.client_id, "azp": self.client_id,
             "iat": now, "exp": now + 3600, "nonce": grant.get("nonce"),
             "at_hash": base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode(),
-            **self.behaviour.account,
+            **self._id_token_account(),
         }
         claims.update(self.behaviour.id_token_claims)
         key = self.foreign_key if self.behaviour.sign_with_foreign_key else self.key
         return jwt.encode({"alg": "RS256", "kid": "stub-1", "typ": "JWT"}, claims, key)
 
+    def _id_token_account(self) -> dict[str, Any]:
+        account, kept = self.behaviour.account, self.behaviour.id_token_account_claims
+        if kept is None:
+            return dict(account)
+        return {name: value for name, value in account.items() if name in kept}
+
     def _userinfo(self, request: Request) -> Response:
         header = request.headers.get("Authorization", "")
-        if not any(header == f"Bearer {issued['access_token']}" for issued in self.issued):
+        token = header[len("Bearer "):] if header.startswith("Bearer ") else ""
+        with self._lock:
+            grant = self.grant_of(token) if token else None
+            ok = grant is not None and grant.access_token_live(token)
+            self.userinfo_requests.append({"ok": ok})
+        if not ok:
             return self._json({"error": "invalid_token"}, 401)
         return self._json(self.behaviour.account)
 
@@ -217,4 +343,26 @@ class OIDCStub:
         if self._client_authenticated(request) is None:
             return self._json({"error": "invalid_client"}, 401)
         self.revocations.append(dict(request.form))
+        if self.behaviour.revocation_status == 200:
+            self._apply_revocation(request.form.get("token", ""),
+                                   request.form.get("token_type_hint", ""))
         return Response("", status=self.behaviour.revocation_status)
+
+    def _apply_revocation(self, token: str, hint: str) -> None:
+        """RFC 7009: the current refresh token ends its grant; an access token ends itself.
+
+        A spent refresh token is invalid already: revoking it changes nothing, so the grant
+        lives on with the refresh token that replaced it.
+        """
+        with self._lock:
+            grant = self.grant_of(token) if token else None
+            if grant is None:
+                found = "unknown"
+            elif token in grant.refresh_tokens:
+                found = grant.refresh_token_state(token)
+                if found == "current":
+                    grant.revoked = "revocation"
+            else:
+                found = "access"
+                grant.revoked_access_tokens.add(token)
+            self.revoked.append({"token_type_hint": hint, "found": found})

@@ -1,1 +1,290 @@
-"""grants."""
+"""Grants: how a connection gets a new access token, and the one answer to "can it?".
+
+Every connection has exactly one grant, chosen from its provider's configuration and the
+kinds of values stored for it (never their contents):
+
+=====================  =================================================================
+grant                  renewable when
+=====================  =================================================================
+refresh token          an OAuth connection with a stored refresh token that the provider
+                       has not refused and that has not expired
+client credentials     an OAuth provider with ``grant_type = "client_credentials"`` and no
+                       stored refresh token (a stored one takes precedence)
+key exchange           an API-key provider with a ``token_url`` (GreenInvoice) and both the
+                       key and its secret stored
+none                   anything else: the connection says why, has no Refresh button and
+                       is never claimed by ``refresh-due``
+=====================  =================================================================
+
+A disconnected connection, or one whose grant the provider refused, has no grant either.
+:func:`grant_for` answers in Python (detail page, refresh engine), :func:`renewable_clause`
+the same in SQL (dashboard counts and lists, ``refresh-due``'s claim); the test matrix in
+``tests/test_grants.py`` holds them to each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol
+
+from sqlalchemy import ColumnElement, and_, bindparam, or_
+
+from vault.models import ConnectionStatus, TokenKind
+from vault.oauth import tokens
+from vault.oauth.tokens import NewTokens
+from vault.providers.registry import Provider, ProviderRegistry
+
+__all__ = [
+    "ClientCredentialsGrant",
+    "Credentials",
+    "Grant",
+    "GrantProviders",
+    "KeyExchangeGrant",
+    "NoGrant",
+    "NotRefreshable",
+    "RefreshTokenGrant",
+    "StoredValues",
+    "due_at",
+    "grant_for",
+    "renewable_clause",
+]
+
+_GONE = (ConnectionStatus.DISCONNECTED.value, ConnectionStatus.NEEDS_RECONNECT.value)
+
+
+class NotRefreshable(Exception):
+    """Nothing stored or configured for the connection can obtain a new access token."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The decrypted values a grant may use (never logged: no repr of values)."""
+
+    refresh_token: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    api_secret: str | None = field(default=None, repr=False)
+
+
+class _TokenRow(Protocol):
+    kind: str
+    is_valid: bool
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredValues:
+    """Which values a connection has stored, and the refresh token's state; no contents."""
+
+    kinds: frozenset[str] = frozenset()
+    refresh_token_valid: bool = False
+    refresh_token_expires_at: datetime | None = None
+
+    @classmethod
+    def of(cls, rows: Iterable[_TokenRow]) -> StoredValues:
+        """From a connection's token rows (ORM objects or plain rows)."""
+        rows = list(rows)
+        refresh = next((row for row in rows if row.kind == TokenKind.REFRESH.value), None)
+        return cls(
+            kinds=frozenset(row.kind for row in rows),
+            refresh_token_valid=refresh is not None and bool(refresh.is_valid),
+            refresh_token_expires_at=refresh.expires_at if refresh is not None else None,
+        )
+
+    def has(self, kind: TokenKind) -> bool:
+        """Whether a value of ``kind`` is stored."""
+        return kind.value in self.kinds
+
+
+class Grant:
+    """How one connection obtains a new access token."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # how the detail page says what renews it
+    renewable: ClassVar[bool] = True
+    # Why the connection cannot be renewed, in words for staff (None when it can).
+    reason: str | None = None
+    # Whether only a person (reconnecting) can make it work again.
+    needs_person: bool = False
+
+    def request(self, provider: Provider, credentials: Credentials, *, now: datetime) -> NewTokens:
+        """Ask the provider for new tokens; raises the errors of :mod:`vault.oauth.errors`."""
+        raise NotImplementedError
+
+
+class RefreshTokenGrant(Grant):
+    """RFC 6749 section 6: the stored refresh token buys new tokens (maybe a new one too)."""
+
+    name = "refresh_token"
+    label = "its refresh token"
+
+    def request(self, provider: Provider, credentials: Credentials, *, now: datetime) -> NewTokens:
+        """Present the stored refresh token."""
+        if not credentials.refresh_token:
+            raise NotRefreshable("no refresh token is stored; connect the account again")
+        return tokens.refresh_token_grant(provider, credentials.refresh_token, now=now)
+
+
+class ClientCredentialsGrant(Grant):
+    """RFC 6749 section 4.4: the app's own client id and secret buy a token."""
+
+    name = "client_credentials"
+    label = "the app's client credentials"
+
+    def request(self, provider: Provider, credentials: Credentials, *, now: datetime) -> NewTokens:
+        """Authenticate as the client."""
+        return tokens.client_credentials_grant(provider, now=now)
+
+
+class KeyExchangeGrant(Grant):
+    """A pasted key id and secret traded for a short-lived token (GreenInvoice)."""
+
+    name = "key_exchange"
+    label = "exchanging its API key and secret"
+
+    def request(self, provider: Provider, credentials: Credentials, *, now: datetime) -> NewTokens:
+        """Trade the stored key pair."""
+        if not (credentials.api_key and credentials.api_secret):
+            raise NotRefreshable("the API key and its secret are not both stored")
+        return tokens.exchange_api_key(
+            provider, credentials.api_key, credentials.api_secret, now=now
+        )
+
+
+@dataclass(frozen=True)
+class NoGrant(Grant):
+    """Nothing can renew the connection; ``reason`` says why."""
+
+    name: ClassVar[str] = "none"
+    label: ClassVar[str] = "nothing"
+    renewable: ClassVar[bool] = False
+    reason: str | None = None
+    needs_person: bool = False
+
+    def request(self, provider: Provider, credentials: Credentials, *, now: datetime) -> NewTokens:
+        """Always refuses: there is nothing to ask the provider with."""
+        raise NotRefreshable(self.reason or "nothing stored can renew this connection")
+
+
+def grant_for(
+    provider_key: str,
+    provider: Provider | None,
+    status: str,
+    stored: StoredValues,
+    now: datetime,
+) -> Grant:
+    """The grant that renews a connection, or a :class:`NoGrant` saying why none can."""
+    if status == ConnectionStatus.DISCONNECTED.value:
+        return NoGrant("the connection is disconnected")
+    if status == ConnectionStatus.NEEDS_RECONNECT.value:
+        return NoGrant("the provider refused the grant; connect the account again", True)
+    if provider is None:
+        return NoGrant(f"provider {provider_key} is no longer in the providers file")
+    if provider.is_oauth:
+        if stored.has(TokenKind.REFRESH):
+            if not stored.refresh_token_valid:
+                return NoGrant("the provider refused the refresh token; connect the account "
+                               "again", True)
+            expires = stored.refresh_token_expires_at
+            if expires is not None and expires <= now:
+                return NoGrant(f"the refresh token expired {expires:%Y-%m-%d %H:%M} UTC; "
+                               "connect the account again", True)
+            return RefreshTokenGrant()
+        if provider.uses_client_credentials:
+            return ClientCredentialsGrant()
+        return NoGrant("no refresh token is stored; connect the account again", True)
+    if provider.token_url and stored.has(TokenKind.API_KEY) and stored.has(TokenKind.API_SECRET):
+        return KeyExchangeGrant()
+    return NoGrant("its API key is used as it is; replace the credentials when they change")
+
+
+def due_at(
+    renewable: bool,
+    expires_at: datetime | None,
+    backing_off_until: datetime | None,
+    buffer: timedelta,
+) -> datetime | None:
+    """When the next refresh is due: ``buffer`` before expiry, or after a back-off.
+
+    None when the connection cannot be renewed, or its expiry is unknown (nothing is due).
+    """
+    if not renewable or expires_at is None:
+        return None
+    due = expires_at - buffer
+    return max(due, backing_off_until) if backing_off_until is not None else due
+
+
+@dataclass(frozen=True)
+class GrantProviders:
+    """The configured provider keys by the grant they allow, for the SQL clause."""
+
+    oauth: list[str]
+    client_credentials: list[str]
+    key_exchange: list[str]
+
+    @classmethod
+    def of(cls, registry: ProviderRegistry) -> GrantProviders:
+        """Read from the providers file's registry."""
+        return cls(
+            oauth=[p.key for p in registry if p.is_oauth],
+            client_credentials=[p.key for p in registry if p.uses_client_credentials],
+            key_exchange=[p.key for p in registry if p.type == "api_key" and p.token_url],
+        )
+
+    def params(self) -> dict[str, list[str]]:
+        """Values for the bound parameters of :func:`renewable_clause` with ``bound=True``."""
+        return {
+            "oauth_providers": self.oauth,
+            "client_credentials_providers": self.client_credentials,
+            "key_exchange_providers": self.key_exchange,
+        }
+
+
+def renewable_clause(
+    connections: Any,
+    refresh: Any,
+    api_key: Any,
+    api_secret: Any,
+    *,
+    now: Any,
+    providers: GrantProviders | None = None,
+) -> ColumnElement[bool]:
+    """:func:`grant_for`'s answer as SQL: true where the connection can be renewed.
+
+    ``connections`` is the connections table (or an alias); ``refresh``, ``api_key`` and
+    ``api_secret`` are ``tokens`` aliases outer-joined on the connection and kind. ``now``
+    is a datetime or a bound parameter. With ``providers`` the provider lists are inlined;
+    without, they are the expanding bound parameters of :meth:`GrantProviders.params`, so
+    that a statement built once serves every providers file.
+    """
+    def keys(name: str, values: list[str] | None) -> Any:
+        return values if values is not None else bindparam(name, expanding=True)
+
+    has_refresh = refresh.c.connection_id.is_not(None)
+    return and_(
+        connections.c.status.not_in(_GONE),
+        or_(
+            and_(
+                connections.c.provider.in_(
+                    keys("oauth_providers", providers and providers.oauth)
+                ),
+                has_refresh,
+                refresh.c.is_valid.is_(True),
+                or_(refresh.c.expires_at.is_(None), refresh.c.expires_at > now),
+            ),
+            and_(
+                connections.c.provider.in_(
+                    keys("client_credentials_providers", providers and providers.client_credentials)
+                ),
+                ~has_refresh,
+            ),
+            and_(
+                connections.c.provider.in_(
+                    keys("key_exchange_providers", providers and providers.key_exchange)
+                ),
+                api_key.c.connection_id.is_not(None),
+                api_secret.c.connection_id.is_not(None),
+            ),
+        ),
+    )

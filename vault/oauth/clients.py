@@ -1,93 +1,74 @@
-"""Authlib OAuth clients, one registry per app, with flow state kept server-side.
+"""The Authlib clients of the connect flow and of staff sign-in: one registry per app.
 
-Authlib keeps each flow's PKCE verifier, nonce and redirect URI in a "cache"; ours is the
-``oauth_states`` table (encrypted, shared by every instance), so the session cookie only
-holds the state's expiry marker, never the verifier.
+Built once at start-up (no network here): for every OAuth provider a client asking for the
+provider's scopes, and for every staff sign-in provider a second client asking only who the
+person is. Each client reads the provider's endpoints through :mod:`vault.oauth.discovery`
+and talks through :class:`~vault.oauth.session.ProviderSession`, which never refreshes a
+token on its own. The one redirect-URI builder is here too.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from typing import Any
 
-from authlib.integrations.flask_client import OAuth
-from flask import Flask, current_app
-from sqlalchemy import delete, insert
+from authlib.integrations.flask_client import FlaskOAuth2App, OAuth
+from flask import Flask, abort, current_app, url_for
 
-from vault.extensions import db
-from vault.models import OAuthState, utcnow
+from vault.oauth.discovery import server_metadata
+from vault.oauth.flow_state import FlowStateStore
+from vault.oauth.session import ProviderSession
 from vault.providers.registry import Provider
-from vault.tokens.store import token_vault
 
-PROVIDER_TIMEOUT_SECONDS = 10
 _EXTENSION = "vault_oauth"
+# Only who the person is: staff sign-in never asks for access to anything.
+STAFF_SCOPE = "openid email profile"
+_STAFF_PREFIX = "staff_"
 
 
-class FlowStateStore:
-    """Authlib's cache interface (get/set/delete) over the ``oauth_states`` table.
+class ProviderClient(FlaskOAuth2App):
+    """An Authlib Flask client bound to one configured provider."""
 
-    Reading a state consumes it (``DELETE ... RETURNING``), so even two simultaneous
-    callbacks carrying the same state cannot both use it. Each call runs in its own short
-    transaction, independent of the request's session, so a consumed state stays consumed
-    even when the rest of the callback fails and rolls back.
-    """
+    client_cls = ProviderSession
+    provider: Provider
 
-    def __init__(self, app: Flask):
-        self.app = app
+    def load_server_metadata(self) -> dict[str, Any]:
+        """The provider's endpoints from :mod:`vault.oauth.discovery` (one cache for all)."""
+        self.server_metadata.update(server_metadata(self.provider))
+        return self.server_metadata
 
-    @staticmethod
-    def _aad(key: str) -> bytes:
-        return f"oauth-state:{key}".encode()
 
-    def get(self, key: str) -> str | None:
-        now = utcnow()
-        statement = (
-            delete(OAuthState).where(OAuthState.key == key).returning(
-                OAuthState.ciphertext, OAuthState.expires_at
-            )
-        )
-        with db.engine.begin() as connection:
-            row = connection.execute(statement).first()
-        if row is None or row.expires_at <= now:
-            return None
-        return token_vault.cipher.decrypt(row.ciphertext, aad=self._aad(key))
-
-    def set(self, key: str, value: str, expires_in: int) -> None:
-        now = utcnow()
-        with db.engine.begin() as connection:
-            connection.execute(delete(OAuthState).where(OAuthState.expires_at <= now))
-            connection.execute(
-                insert(OAuthState).values(
-                    key=key,
-                    ciphertext=token_vault.cipher.encrypt(value, aad=self._aad(key)),
-                    expires_at=now + timedelta(seconds=expires_in),
-                )
-            )
-
-    def delete(self, key: str) -> None:
-        with db.engine.begin() as connection:
-            connection.execute(delete(OAuthState).where(OAuthState.key == key))
+class _Registry(OAuth):
+    oauth2_client_cls = ProviderClient
 
 
 def init_oauth(app: Flask) -> None:
-    """Register an Authlib client for every OAuth provider of this app (no network here)."""
-    oauth = OAuth(cache=FlowStateStore(app))
-    oauth.init_app(app)
-    timeout = app.config.get("VAULT_PROVIDER_TIMEOUT_SECONDS", PROVIDER_TIMEOUT_SECONDS)
+    """Register the connect and staff sign-in clients of every OAuth provider of ``app``."""
+    registry = _Registry(cache=FlowStateStore(app))
+    registry.init_app(app)
+    timeout = app.config["VAULT_PROVIDER_TIMEOUT_SECONDS"]
     for provider in app.extensions["providers"]:
-        if provider.is_oauth:
-            oauth.register(name=provider.key, **client_settings(provider, timeout))
-    app.extensions[_EXTENSION] = oauth
+        if not provider.is_oauth or provider.uses_client_credentials:
+            continue  # no browser ever visits a client-credentials provider
+        _register(registry, provider.key, provider, _settings(provider, timeout))
+        if provider.staff_login:
+            settings = _settings(provider, timeout)
+            settings.pop("authorize_params", None)  # no offline access, no consent prompt
+            settings["client_kwargs"]["scope"] = STAFF_SCOPE
+            _register(registry, _STAFF_PREFIX + provider.key, provider, settings)
+    app.extensions[_EXTENSION] = registry
 
 
-def client_settings(provider: Provider, timeout: float) -> dict:
+def _register(registry: OAuth, name: str, provider: Provider, settings: dict[str, Any]) -> None:
+    registry.register(name=name, **settings)
+    client = registry.create_client(name)
+    client.provider = provider
+
+
+def _settings(provider: Provider, timeout: float) -> dict[str, Any]:
     """Authlib ``register`` arguments for a provider: PKCE S256, its auth method, a timeout."""
     settings = {
         "client_id": provider.client_id,
         "client_secret": provider.client_secret,
-        "server_metadata_url": provider.server_metadata_url,
-        "authorize_url": provider.authorize_url,
-        "access_token_url": provider.token_url,
-        "userinfo_endpoint": provider.userinfo_url,
         "authorize_params": dict(provider.authorize_params) or None,
         "client_kwargs": {
             "scope": provider.scope,
@@ -99,6 +80,30 @@ def client_settings(provider: Provider, timeout: float) -> dict:
     return {name: value for name, value in settings.items() if value is not None}
 
 
-def oauth_client(provider_key: str):
-    """The current app's Authlib client for a provider."""
-    return current_app.extensions[_EXTENSION].create_client(provider_key)
+def connect_client(provider: Provider) -> ProviderClient:
+    """The client that connects accounts of ``provider`` (404 for providers without one)."""
+    return _client(provider.key)
+
+
+def staff_client(provider: Provider) -> ProviderClient:
+    """The client that signs staff in with ``provider`` (404 unless it has ``staff_login``)."""
+    return _client(_STAFF_PREFIX + provider.key)
+
+
+def _client(name: str) -> ProviderClient:
+    client = current_app.extensions[_EXTENSION].create_client(name)
+    if client is None:
+        abort(404)
+    return client
+
+
+def redirect_uri(endpoint: str, **values: Any) -> str:
+    """The absolute URL of a callback, exactly as it must be registered at the provider.
+
+    ``VAULT_BASE_URL``, when set, pins scheme, host and port; otherwise they come from the
+    request (behind trusted proxies, from their headers).
+    """
+    base = current_app.config.get("VAULT_BASE_URL")
+    if base:
+        return base.rstrip("/") + url_for(endpoint, **values)
+    return url_for(endpoint, **values, _external=True)

@@ -1,7 +1,8 @@
 """Provider endpoints: explicit URLs from the providers file or OIDC discovery, cached.
 
-Discovery documents are fetched with a timeout and kept for an hour per process; a failed
-fetch raises :class:`DiscoveryError` (a network problem, never a credential problem).
+Discovery documents are fetched with the provider timeout (``VAULT_PROVIDER_TIMEOUT_SECONDS``)
+and kept for an hour per process; a failed fetch raises :class:`DiscoveryError` (a network
+problem, never a credential problem).
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import time
 from typing import Any
 
 import requests
+from flask import current_app
 
+from vault.oauth.errors import ProviderFailure
 from vault.providers.registry import Provider
 
-DISCOVERY_TIMEOUT_SECONDS = 10
 CACHE_SECONDS = 3600
 
 _cache: dict[str, tuple[float, dict[str, Any]]] = {}
 _cache_lock = threading.Lock()
 
 
-class DiscoveryError(Exception):
+class DiscoveryError(ProviderFailure):
     """The provider's metadata could not be fetched or is unusable."""
 
 
@@ -40,12 +42,17 @@ def server_metadata(provider: Provider) -> dict[str, Any]:
     return metadata
 
 
+def endpoint(provider: Provider, name: str) -> str | None:
+    """One endpoint of the provider's metadata (``token_endpoint``, ...), or None."""
+    return server_metadata(provider).get(name)
+
+
 def token_endpoint(provider: Provider) -> str:
     """The URL to exchange codes and refresh tokens at."""
-    endpoint = server_metadata(provider).get("token_endpoint")
-    if not endpoint:
+    url = endpoint(provider, "token_endpoint")
+    if not url:
         raise DiscoveryError(f"provider {provider.key} has no token endpoint")
-    return endpoint
+    return url
 
 
 def _discover(url: str) -> dict[str, Any]:
@@ -55,7 +62,7 @@ def _discover(url: str) -> dict[str, Any]:
     if cached is not None and now - cached[0] < CACHE_SECONDS:
         return cached[1]
     try:
-        response = requests.get(url, timeout=DISCOVERY_TIMEOUT_SECONDS)
+        response = requests.get(url, timeout=current_app.config["VAULT_PROVIDER_TIMEOUT_SECONDS"])
         response.raise_for_status()
         document = response.json()
     except (requests.RequestException, ValueError) as error:

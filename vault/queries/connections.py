@@ -28,6 +28,7 @@ from flask import current_app
 from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 
 from vault.extensions import db
+from vault.grants import GrantProviders, renewable_clause
 from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
 from vault.providers.registry import ProviderRegistry
 
@@ -68,14 +69,15 @@ NOW = bindparam("now", type_=UTCDateTime())
 _SOON = bindparam("soon", type_=UTCDateTime())
 
 
-_CLIENT_CREDENTIALS_PROVIDERS = bindparam("client_credentials_providers", expanding=True)
-
-
 def at(now: datetime | None) -> dict:
-    """The bound parameters of :class:`_Source`'s expressions for the time ``now``."""
+    """The bound parameters of :class:`_Source`'s expressions for the time ``now``.
+
+    The providers file's grants come in as parameters too, so that the expressions, built
+    once per process, serve every app and providers file.
+    """
     now = now or utcnow()
-    machine_providers = current_app.extensions["providers"].client_credentials_keys()
-    return {"now": now, "soon": now + SOON, "client_credentials_providers": machine_providers}
+    grants = GrantProviders.of(current_app.extensions["providers"])
+    return {"now": now, "soon": now + SOON, **grants.params()}
 
 
 @functools.cache
@@ -111,17 +113,8 @@ class _Source:
         self.health = self._health()
 
     def _renewable(self):
-        refresh = self.refresh.c
-        return or_(
-            and_(
-                refresh.connection_id.is_not(None),
-                refresh.is_valid.is_(True),
-                or_(refresh.expires_at.is_(None), refresh.expires_at > NOW),
-            ),
-            # GreenInvoice-style key pairs are exchanged for a new access token.
-            self.api_secret.c.connection_id.is_not(None),
-            # Client-credentials providers hand out a new token for the client secret alone.
-            Connection.provider.in_(_CLIENT_CREDENTIALS_PROVIDERS),
+        return renewable_clause(
+            Connection.__table__, self.refresh, self.api_key, self.api_secret, now=NOW
         )
 
     def _health(self):

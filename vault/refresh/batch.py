@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 
 from vault.extensions import db
-from vault.models import Connection
+from vault.grants import GrantProviders, renewable_clause
+from vault.models import Connection, Token, TokenKind
 from vault.refresh.engine import Actor, Outcome, RefreshEngine, RefreshResult
 from vault.tokens.store import token_vault
 
@@ -87,9 +88,46 @@ class RefreshSummary:
         }
 
 
+def due_statement(within: timedelta | int, now: datetime | None = None) -> Select:
+    """Renewable connections whose access token expires within ``within``, soonest first.
+
+    Renewable as :func:`vault.grants.renewable_clause` says; connections backing off
+    (``next_refresh_at`` in the future) wait. Soonest expiry first, ties in no set order:
+    so ordered, PostgreSQL walks the ``tokens (kind, expires_at)`` index and a ``LIMIT 1``
+    claim reads a row or two instead of sorting every due connection.
+    """
+    if not isinstance(within, timedelta):
+        within = timedelta(seconds=within)
+    now = now or token_vault.clock()
+    connections = Connection.__table__
+    access, refresh, api_key, api_secret = (
+        Token.__table__.alias(kind.value)
+        for kind in (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)
+    )
+    statement = select(Connection).join(
+        access, and_(access.c.connection_id == Connection.id, access.c.kind == access.name)
+    )
+    for alias in (refresh, api_key, api_secret):
+        statement = statement.outerjoin(
+            alias, and_(alias.c.connection_id == Connection.id, alias.c.kind == alias.name)
+        )
+    renewable = renewable_clause(
+        connections, refresh, api_key, api_secret, now=now,
+        providers=GrantProviders.of(current_app.extensions["providers"]),
+    )
+    return (
+        statement.where(
+            renewable,
+            access.c.expires_at <= now + within,
+            or_(Connection.next_refresh_at.is_(None), Connection.next_refresh_at <= now),
+        )
+        .order_by(access.c.expires_at)
+    )
+
+
 def count_due(within: int | None = None) -> int:
     """How many connections are due within ``within`` seconds (default: the buffer)."""
-    statement = token_vault.expiring_statement(_window(within)).order_by(None)
+    statement = due_statement(_window(within)).order_by(None)
     return db.session.scalar(select(func.count()).select_from(statement.subquery())) or 0
 
 
@@ -143,7 +181,7 @@ class _Claims:
         # Built once: "due" is judged as of the run's start, and a connection refreshed
         # since then (by this run or any other) is not due any more.
         statement = (
-            token_vault.expiring_statement(window)
+            due_statement(window, started)
             .where(
                 or_(
                     Connection.last_refreshed_at.is_(None),

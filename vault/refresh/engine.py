@@ -1,4 +1,5 @@
-"""The refresh protocol (DESIGN.md section 6): one provider call per due token, everywhere.
+"""The refresh protocol (docs/architecture.md, "Refresh protocol"): one provider call per
+due token, everywhere.
 
 1. Single flight in the process (a lock per connection id), then a lock on the connection's
    row in the database (PostgreSQL ``SELECT ... FOR NO KEY UPDATE`` with a lock timeout;
@@ -31,15 +32,9 @@ from vault.refresh import rows
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
 from vault.redact import redact_known
-from vault.grants.requests import (
-    Credentials,
-    GrantRejected,
-    NewTokens,
-    NotRefreshable,
-    ProviderFailure,
-    provider_timeout,
-    request_tokens,
-)
+from vault.grants import Credentials, NotRefreshable, StoredValues, grant_for
+from vault.oauth.errors import GrantRejected, ProviderFailure
+from vault.oauth.tokens import NewTokens
 from vault.tokens.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
 
 __all__ = [
@@ -51,8 +46,6 @@ __all__ = [
     "register_refresh",
 ]
 
-DEFAULT_BACKOFF_BASE_SECONDS = 30
-DEFAULT_BACKOFF_CAP_SECONDS = 3600
 _CREDENTIAL_FIELDS = {
     "refresh_token": TokenKind.REFRESH,
     "api_key": TokenKind.API_KEY,
@@ -114,10 +107,10 @@ class RefreshEngine:
         result = self.run(
             connection.id, window=current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
         )
-        if result.outcome is Outcome.NEEDS_RECONNECT:
-            raise NeedsReconnect(result.message)
         if result.usable:
             return
+        if result.outcome is Outcome.NEEDS_RECONNECT:
+            raise NeedsReconnect(result.message)
         if result.outcome is Outcome.FAILED:
             raise ProviderUnavailable(result.message, retry_at=result.retry_at)
         if not result.ok:
@@ -200,19 +193,23 @@ class RefreshEngine:
 
         if connection.status == ConnectionStatus.NEEDS_RECONNECT.value:
             return finish(Outcome.NEEDS_RECONNECT, connection.last_error or "reconnect needed")
-        if connection.status == ConnectionStatus.DISCONNECTED.value:
-            return finish(Outcome.UNAVAILABLE, "the connection is disconnected")
         if not force and usable and (access.expires_at is None or access.expires_at > now + window):
             return finish(Outcome.ALREADY_FRESH)
         if before is not None and usable and rows.ciphertexts(tokens) != before:
             return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
+        provider = current_app.extensions["providers"].get(connection.provider)
+        grant = grant_for(
+            connection.provider, provider, connection.status, StoredValues.of(tokens.values()), now
+        )
+        if not grant.renewable:
+            # What the vault already knows is not worth a provider call to learn again.
+            outcome = Outcome.NEEDS_RECONNECT if grant.needs_person else Outcome.UNAVAILABLE
+            return finish(outcome, grant.reason or "nothing can renew this connection")
         if not force and connection.next_refresh_at and connection.next_refresh_at > now:
             message = f"backing off after failures: {connection.last_error or 'provider error'}"
             return finish(Outcome.FAILED, message, connection.next_refresh_at)
 
-        provider = current_app.extensions["providers"].get(connection.provider)
-        if provider is None:
-            return finish(Outcome.UNAVAILABLE, f"provider {connection.provider} is not configured")
+        assert provider is not None  # a renewable grant has a configured provider
         credentials = Credentials(
             **{
                 field: token_vault.decrypt(tokens[kind.value])
@@ -223,7 +220,7 @@ class RefreshEngine:
         used = rows.ciphertexts(tokens)
         secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
         try:
-            answer = request_tokens(provider, credentials, now=now, timeout=provider_timeout())
+            answer = grant.request(provider, credentials, now=now)
         except NotRefreshable as error:
             return finish(Outcome.UNAVAILABLE, str(error))
         except GrantRejected as error:
@@ -304,8 +301,8 @@ class RefreshEngine:
         connection_id = connection.id
         failures = connection.failure_count or 0
         config = current_app.config
-        base = config.get("VAULT_REFRESH_BACKOFF_BASE_SECONDS", DEFAULT_BACKOFF_BASE_SECONDS)
-        cap = config.get("VAULT_REFRESH_BACKOFF_CAP_SECONDS", DEFAULT_BACKOFF_CAP_SECONDS)
+        base = config["VAULT_REFRESH_BACKOFF_BASE_SECONDS"]
+        cap = config["VAULT_REFRESH_BACKOFF_CAP_SECONDS"]
         delay = min(cap, base * 2**failures)
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
@@ -347,8 +344,7 @@ def refresh_now(connection: Connection, actor: Actor) -> RefreshResult:
 
 
 def _lock_timeout() -> float:
-    # Long enough to outlast the lock holder's provider call, which has its own timeout.
-    default = provider_timeout() + 5
-    return float(current_app.config.get("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS", default))
+    # Long enough to outlast the lock holder's provider call (config.py's default).
+    return float(current_app.config["VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"])
 
 

@@ -10,23 +10,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import requests
-from authlib.integrations.requests_client import OAuth2Session
 from sqlalchemy import select
 
 from vault import audit
-from vault.oauth.discovery import DiscoveryError, server_metadata
 from vault.extensions import db
+from vault.grants import ClientCredentialsGrant, Credentials, NotRefreshable, StoredValues, grant_for
 from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
+from vault.oauth import tokens
+from vault.oauth.errors import GrantRejected, ProviderFailure
+from vault.oauth.tokens import NewTokens, lifetime_end
 from vault.providers.registry import Provider
 from vault.redact import redact_known
-from vault.grants.requests import (
-    Credentials, GrantRejected, NewTokens, NotRefreshable, ProviderFailure, provider_timeout,
-    request_tokens,
-)
-from vault.tokens.store import token_vault
-
-REVOCATION_TIMEOUT_SECONDS = 10
+from vault.tokens.store import DecryptionError, token_vault
 
 
 class ConnectError(Exception):
@@ -54,15 +49,6 @@ def account_from_claims(claims: dict[str, Any]) -> Account:
         email=str(email)[:320] if email else None,
         name=str(name)[:255] if name else None,
     )
-
-
-def _expiry(seconds: Any, now: datetime) -> datetime | None:
-    """``expires_in`` seconds from now; None (unknown) when absent or unusable."""
-    try:
-        value = int(seconds)
-    except (TypeError, ValueError):
-        return None
-    return now + timedelta(seconds=value) if value > 0 else None
 
 
 def record_grant(
@@ -101,12 +87,12 @@ def record_grant(
 
     token_vault.store(
         connection, TokenKind.ACCESS, token["access_token"],
-        expires_at=_expiry(token.get("expires_in"), now),
+        expires_at=lifetime_end(now, token.get("expires_in")),
     )
     if token.get("refresh_token"):
         token_vault.store(
             connection, TokenKind.REFRESH, token["refresh_token"],
-            expires_at=_expiry(token.get("refresh_token_expires_in"), now),
+            expires_at=lifetime_end(now, token.get("refresh_token_expires_in")),
         )
     if token.get("id_token"):
         token_vault.store(connection, TokenKind.ID, token["id_token"])
@@ -119,7 +105,7 @@ def record_grant(
     return connection, created
 
 
-def connect_client(provider: Provider, user: User) -> tuple[Connection, bool]:
+def connect_client_credentials(provider: Provider, user: User) -> tuple[Connection, bool]:
     """Connect a client-credentials provider: the app's own client is the account.
 
     Asks the token endpoint for a token with the client id and secret (no browser, no
@@ -128,14 +114,14 @@ def connect_client(provider: Provider, user: User) -> tuple[Connection, bool]:
     """
     now = utcnow()
     try:
-        answer = request_tokens(provider, Credentials(), now=now, timeout=provider_timeout())
+        answer = ClientCredentialsGrant().request(provider, Credentials(), now=now)
     except GrantRejected as error:
         reason = redact_known(str(error), [provider.client_secret])
         raise ConnectError(
             f"{provider.title} refused the client credentials ({reason}); check the client id "
             "and secret in the providers file. Nothing was stored."
         ) from None
-    except (ProviderFailure, NotRefreshable) as error:
+    except ProviderFailure as error:
         reason = redact_known(str(error), [provider.client_secret])
         raise ConnectError(
             f"{provider.title} could not be asked for a token ({reason}); nothing was stored."
@@ -214,11 +200,14 @@ def add_credentials(
 
 def _exchange_credentials(provider: Provider, values: dict[str, str]) -> NewTokens | None:
     """Trade API credentials for an access token where the provider works that way."""
-    if not provider.token_url or provider.type != "api_key":
-        return None
+    now = utcnow()
+    stored = StoredValues(kinds=frozenset(name for name, value in values.items() if value))
+    grant = grant_for(provider.key, provider, ConnectionStatus.ACTIVE.value, stored, now)
+    if not grant.renewable:
+        return None  # the key is used as it is
     credentials = Credentials(api_key=values.get("api_key"), api_secret=values.get("api_secret"))
     try:
-        return request_tokens(provider, credentials, now=utcnow(), timeout=provider_timeout())
+        return grant.request(provider, credentials, now=now)
     except GrantRejected:
         raise ConnectError(f"{provider.title} refused these credentials; nothing was stored.") from None
     except (ProviderFailure, NotRefreshable) as error:
@@ -259,36 +248,14 @@ def disconnect(connection: Connection, provider: Provider | None, user: User) ->
 
 
 def _revoke(connection: Connection, provider: Provider) -> DisconnectResult:
-    try:
-        endpoint = server_metadata(provider).get("revocation_endpoint")
-    except DiscoveryError:
-        return DisconnectResult(False, "the provider's metadata could not be loaded")
-    if not endpoint:
-        return DisconnectResult(False, None)
-    revoked_any = False
-    session = OAuth2Session(
-        client_id=provider.client_id,
-        client_secret=provider.client_secret,
-        token_endpoint_auth_method=provider.token_endpoint_auth_method,
-        revocation_endpoint_auth_method=provider.token_endpoint_auth_method,
-        default_timeout=REVOCATION_TIMEOUT_SECONDS,
-    )
-    with session:
-        # Refresh token first: revoking it ends the whole grant at most providers.
-        for kind, hint in ((TokenKind.REFRESH, "refresh_token"), (TokenKind.ACCESS, "access_token")):
-            try:
-                value = token_vault.get(connection, kind)
-            except Exception:  # noqa: BLE001 - an undecryptable value cannot be revoked
-                value = None
-            if not value:
-                continue
-            try:
-                response = session.revoke_token(endpoint, token=value, token_type_hint=hint)
-            except requests.RequestException as error:
-                return DisconnectResult(revoked_any, f"revocation failed: {type(error).__name__}")
-            if response.status_code != 200:
-                return DisconnectResult(
-                    revoked_any, f"revocation failed: the provider answered {response.status_code}"
-                )
-            revoked_any = True
-    return DisconnectResult(revoked_any, None)
+    # Refresh token first: revoking it ends the whole grant at most providers.
+    values = []
+    for kind, hint in ((TokenKind.REFRESH, "refresh_token"), (TokenKind.ACCESS, "access_token")):
+        try:
+            value = token_vault.get(connection, kind)
+        except DecryptionError:
+            value = None  # an undecryptable value cannot be revoked
+        if value:
+            values.append((hint, value))
+    revocation = tokens.revoke(provider, values)
+    return DisconnectResult(revocation.revoked, revocation.problem)

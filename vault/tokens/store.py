@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from flask import Flask, current_app
-from sqlalchemy import Select, and_, bindparam, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 
 from vault.crypto import DecryptionError, TokenCipher
 from vault.extensions import db
@@ -298,58 +298,6 @@ class TokenVault:
         if buffer is None:
             buffer = current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]
         return buffer if isinstance(buffer, timedelta) else timedelta(seconds=buffer)
-
-    def find_expiring(
-        self, within: timedelta | int, *, limit: int | None = None
-    ) -> list[Connection]:
-        """Active connections whose access token expires within ``within``, soonest first.
-
-        Connections in back-off (``next_refresh_at`` in the future) are left out, and so are
-        those with no refresh token and no API credentials, which nothing could refresh
-        (unless their provider uses the client-credentials grant).
-        """
-        statement = self.expiring_statement(within).order_by(Connection.id)
-        if limit is not None:
-            statement = statement.limit(limit)
-        return list(db.session.scalars(statement))
-
-    def expiring_statement(self, within: timedelta | int) -> Select:
-        """The query behind :meth:`find_expiring`, for callers that add filters or locks.
-
-        Soonest expiry first, ties in no set order: so ordered, PostgreSQL walks the
-        ``tokens (kind, expires_at)`` index and a ``LIMIT 1`` claim reads a row or two
-        instead of sorting every due connection.
-        """
-        if not isinstance(within, timedelta):
-            within = timedelta(seconds=within)
-        now = self.clock()
-        access = Token.__table__.alias("access")
-        renewable = (
-            select(Token.id)
-            .where(
-                Token.connection_id == Connection.id,
-                Token.kind.in_([TokenKind.REFRESH.value, TokenKind.API_SECRET.value]),
-            )
-            .exists()
-        )
-        # Client-credentials connections need neither: the client secret gets a new token.
-        machine_providers = current_app.extensions["providers"].client_credentials_keys()
-        if machine_providers:
-            renewable = or_(renewable, Connection.provider.in_(machine_providers))
-        return (
-            select(Connection)
-            .join(
-                access,
-                and_(access.c.connection_id == Connection.id, access.c.kind == TokenKind.ACCESS.value),
-            )
-            .where(
-                Connection.status == ConnectionStatus.ACTIVE.value,
-                access.c.expires_at <= now + within,
-                or_(Connection.next_refresh_at.is_(None), Connection.next_refresh_at <= now),
-                renewable,
-            )
-            .order_by(access.c.expires_at)
-        )
 
 
 @dataclass

@@ -178,7 +178,7 @@ def sso_start(key: str):
     try:
         return sso.begin(provider)
     except sso.SsoError as error:
-        flash(f"Signing in with {provider.title} did not work: {error}.", "error")
+        flash(f"Signing in with {provider.title} did not work: {str(error).rstrip('.')}.", "error")
         return redirect(url_for("auth.login"))
 
 
@@ -197,7 +197,7 @@ def sso_callback(key: str):
         db.session.rollback()
         tried = accounts.normalize_email(str(claims.get("email") or "")) or None
         _record_failure(tried, f"{provider.key}: {error}")
-        flash(f"Signing in with {provider.title} did not work: {error}.", "error")
+        flash(f"Signing in with {provider.title} did not work: {str(error).rstrip('.')}.", "error")
         return redirect(url_for("auth.login"))
     if created:
         audit.record(

@@ -4,43 +4,29 @@ from __future__ import annotations
 
 from datetime import datetime, time, timezone
 
-import requests
-from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.base_client import MismatchingStateError, OAuthError
 from flask import (
-    Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for,
+    Blueprint, abort, current_app, flash, redirect, render_template, url_for,
 )
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from joserfc.errors import JoseError as JoseRfcError
 from sqlalchemy.exc import IntegrityError
 from wtforms import DateField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length, Optional
 
 from vault import audit
 from vault.services.connections import (
-    ConnectError, account_from_claims, add_credentials, connect_client, missing_scopes,
-    record_grant,
+    ConnectError, account_from_claims, add_credentials, connect_client_credentials,
+    missing_scopes, record_grant,
 )
 from vault.extensions import db
 from vault.models import Connection, TokenKind
-from vault.oauth.clients import oauth_client
+from vault.oauth import identity
+from vault.oauth.clients import connect_client, redirect_uri
 from vault.providers.registry import Provider
 from vault.tokens.store import token_vault
 from vault.web.security import admin_required
 
 bp = Blueprint("connect", __name__)
-
-# Errors from the token exchange and id_token checks that mean "this connect failed".
-_EXCHANGE_ERRORS = (AuthlibBaseError, JoseRfcError, ValueError, KeyError)
-
-
-class ConnectFailed(Exception):
-    """Ends a callback on the error page; the message is shown as text."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def _provider_or_404(key: str) -> Provider:
@@ -48,14 +34,6 @@ def _provider_or_404(key: str) -> Provider:
     if provider is None:
         abort(404)
     return provider
-
-
-def _redirect_uri(provider: Provider) -> str:
-    base = current_app.config.get("VAULT_BASE_URL")
-    path = url_for("connect.callback", provider_key=provider.key)
-    return base.rstrip("/") + path if base else url_for(
-        "connect.callback", provider_key=provider.key, _external=True
-    )
 
 
 @bp.post("/connect/<provider_key>")
@@ -67,60 +45,32 @@ def start(provider_key: str):
         return redirect(url_for("connect.add_credentials_form", provider_key=provider.key))
     if provider.uses_client_credentials:
         return _connect_client(provider)
+    callback_uri = redirect_uri("connect.callback", provider_key=provider.key)
     try:
-        return oauth_client(provider.key).authorize_redirect(_redirect_uri(provider))
-    except (requests.RequestException, ValueError, RuntimeError) as error:
-        current_app.logger.warning("connect %s: cannot start: %s", provider.key, type(error).__name__)
-        return _failure_page(provider, f"{provider.title} could not be reached to start the "
-                             "connection. Try again in a moment.", 502)
+        return identity.start(connect_client(provider), callback_uri)
+    except identity.IdentityError as error:
+        return _failure_page(provider, f"{error} Nothing was stored.", error.status)
 
 
 @bp.get("/connect/<provider_key>/callback")
 def callback(provider_key: str):
-    """Finish the flow: check state, iss and id_token, exchange the code, store the tokens."""
+    """Finish the flow: check the answer and the account, then store the tokens."""
     provider = _provider_or_404(provider_key)
     if not provider.is_oauth or provider.uses_client_credentials:
         abort(404)  # no authorization request was ever sent for these
-    client = oauth_client(provider.key)
+    client = connect_client(provider)
+    if not (current_user.is_authenticated and current_user.is_admin):
+        identity.discard_state(client)
+        return _failure_page(provider, "Your session has ended. Sign in again, then connect "
+                             "again.", 403)
     try:
-        if not (current_user.is_authenticated and current_user.is_admin):
-            raise ConnectFailed("Your session has ended. Sign in again, then connect again.", 403)
-        issuer = _check_authorization_response(client, provider)
-        token = client.authorize_access_token(claims_options={
-            # Authlib checks iss only when told to, and aud not at all unless told to.
-            "iss": {"essential": True, "value": issuer},
-            "aud": {"essential": True, "value": provider.client_id},
-        })
-        if not token.get("access_token"):
-            raise ConnectFailed(f"{provider.title} answered without an access token.")
-        account = account_from_claims(_identity_claims(client, provider, token))
-    except ConnectFailed as failure:
-        _discard_state(client)
-        return _failure_page(provider, str(failure), failure.status)
-    except MismatchingStateError:
-        return _failure_page(provider, "This authorization response does not belong to a "
-                             "connect you started here, or it was already used. Start again "
-                             "with Connect.")
+        authorization = identity.complete(client)
+        account = account_from_claims(authorization.claims)
+    except identity.IdentityError as error:
+        return _failure_page(provider, f"{error} Nothing was stored.", error.status)
     except ConnectError as error:
         return _failure_page(provider, str(error))
-    except OAuthError as error:
-        return _failure_page(provider, f"{provider.title} refused to issue tokens: "
-                             f"{_provider_error_text(error.error, error.description)}")
-    except requests.HTTPError as error:
-        status = error.response.status_code if error.response is not None else "an error"
-        return _failure_page(provider, f"{provider.title}'s token endpoint answered HTTP "
-                             f"{status}. Nothing was stored.", 502)
-    except requests.JSONDecodeError:
-        return _failure_page(provider, f"{provider.title}'s token endpoint answered with "
-                             "something that is not JSON. Nothing was stored.", 502)
-    except requests.RequestException as error:
-        return _failure_page(provider, f"{provider.title} could not be reached "
-                             f"({type(error).__name__}). Nothing was stored.", 502)
-    except _EXCHANGE_ERRORS as error:
-        current_app.logger.warning("connect %s: exchange failed: %s", provider.key, type(error).__name__)
-        return _failure_page(provider, f"{provider.title}'s answer could not be verified "
-                             f"({type(error).__name__}). Nothing was stored.")
-
+    token = authorization.token
     try:
         connection, created = record_grant(provider, token, account, current_user)
         db.session.commit()
@@ -143,7 +93,7 @@ def callback(provider_key: str):
 def _connect_client(provider: Provider):
     """Client credentials: no consent page, the token is fetched and stored right away."""
     try:
-        connection, created = connect_client(provider, current_user)
+        connection, created = connect_client_credentials(provider, current_user)
         db.session.commit()
     except ConnectError as error:
         db.session.rollback()
@@ -155,62 +105,6 @@ def _connect_client(provider: Provider):
     flash(f"{'Connected' if created else 'Reconnected'} {provider.title} with the app's client "
           "credentials.", "success")
     return redirect(url_for("connections.detail", connection_id=connection.id))
-
-
-def _check_authorization_response(client, provider: Provider) -> str | None:
-    """Provider errors, a missing code, and the RFC 9207 ``iss`` check, before any exchange.
-
-    Returns the provider's issuer identifier (None for plain OAuth 2.0 without metadata).
-    """
-    error = request.args.get("error")
-    if error:
-        raise ConnectFailed(f"{provider.title} did not grant access: "
-                            f"{_provider_error_text(error, request.args.get('error_description'))}")
-    if not request.args.get("state"):
-        raise ConnectFailed("The authorization response carries no state. Start again with Connect.")
-    if not request.args.get("code"):
-        raise ConnectFailed(f"{provider.title} sent no authorization code. Start again with Connect.")
-    try:
-        metadata = client.load_server_metadata()
-    except requests.RequestException:
-        raise ConnectFailed(f"{provider.title} could not be reached.", 502) from None
-    issuer = request.args.get("iss")
-    # RFC 9207: Authlib does not check this; a mismatch means a mix-up attack or a wrong IdP.
-    if metadata.get("authorization_response_iss_parameter_supported") or issuer is not None:
-        if issuer != metadata.get("issuer"):
-            raise ConnectFailed(f"The response did not come from {provider.title} (issuer "
-                                "mismatch). Nothing was stored.")
-    return metadata.get("issuer")
-
-
-def _identity_claims(client, provider: Provider, token: dict) -> dict:
-    """Validated id_token claims (OIDC), completed or replaced by the userinfo endpoint."""
-    claims = dict(token.get("userinfo") or {})
-    asked_openid = "openid" in provider.scope.split()
-    if provider.type == "oidc" and asked_openid and not claims:
-        raise ConnectFailed(f"{provider.title} sent no id_token, so the account cannot be verified.")
-    endpoint = client.load_server_metadata().get("userinfo_endpoint")
-    if endpoint and (not claims or not claims.get("email")):
-        response = client.get(endpoint, token=token)
-        response.raise_for_status()
-        info = response.json()
-        if claims and str(info.get("sub")) != str(claims.get("sub")):
-            raise ConnectFailed("The userinfo answer is about another account than the id_token.")
-        claims = {**info, **claims} if claims else info
-    return claims
-
-
-def _provider_error_text(error: str | None, description: str | None) -> str:
-    text = error or "unknown error"
-    if description:
-        text += f" — {description}"
-    return text[:300]
-
-
-def _discard_state(client) -> None:
-    state = request.args.get("state")
-    if state:
-        client.framework.clear_state_data(session, state)
 
 
 def _failure_page(provider: Provider, message: str, status: int = 400):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -14,6 +14,7 @@ from vault.crypto import DecryptionError
 from vault.queries.audit import connection_history
 from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
 from vault.extensions import db, limiter
+from vault.grants import StoredValues, due_at, grant_for
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
 from vault.tokens.store import token_vault
@@ -56,9 +57,14 @@ def index():
         provider_choices=provider_choices,
         status_choices=[(state.value, state.label) for state in Health],
         sorts=SORTS,
-        # refresh-due picks a token up this long before it expires
-        buffer=timedelta(seconds=current_app.config["VAULT_REFRESH_BUFFER_SECONDS"]),
+        next_refresh=_next_refresh,
     )
+
+
+def _next_refresh(row) -> datetime | None:
+    # refresh-due picks a token up this long before it expires
+    buffer = timedelta(seconds=current_app.config["VAULT_REFRESH_BUFFER_SECONDS"])
+    return due_at(row.renewable, row.expires_at, row.next_refresh_at, buffer)
 
 
 @bp.get("/<int:connection_id>")
@@ -86,8 +92,10 @@ def detail(connection_id: int):
         extra_scopes=[s for s in connection.scopes_granted.split() if s not in requested],
         missing_scopes=missing,
         has_refresh_token=TokenKind.REFRESH.value in kinds,
-        refreshable=bool(kinds & {TokenKind.REFRESH.value, TokenKind.API_SECRET.value})
-        or (provider is not None and provider.uses_client_credentials),
+        grant=grant_for(
+            connection.provider, provider, connection.status,
+            StoredValues.of(connection.tokens), utcnow(),
+        ),
         history=connection_history(connection.id),
         form=ConfirmForm(),
     )

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from vault.queries.connections import Health, providers_overview
 from vault.extensions import db
+from vault.oauth.clients import redirect_uri
 from vault.models import utcnow
 
 bp = Blueprint("main", __name__)
@@ -25,16 +26,9 @@ def index():
         totals=totals,
         states=list(Health),
         providers_file=registry.source,
-        example_redirect_uri=_callback_url("google"),
+        # What the empty state tells operators to register at the provider.
+        example_redirect_uri=redirect_uri("connect.callback", provider_key="google"),
     )
-
-
-def _callback_url(provider_key: str) -> str:
-    # What the empty state tells operators to register at the provider (DESIGN.md section 5).
-    base = current_app.config.get("VAULT_BASE_URL")
-    if base:
-        return base.rstrip("/") + url_for("connect.callback", provider_key=provider_key)
-    return url_for("connect.callback", provider_key=provider_key, _external=True)
 
 
 @bp.get("/healthz")
