@@ -1,8 +1,10 @@
-"""TokenCipher: the ciphertext contract of DESIGN.md section 4, as properties."""
+"""TokenCipher: the ciphertext contract of docs/architecture.md ("Ciphertext format"), as properties."""
 
 from __future__ import annotations
 
 import hmac
+
+from cryptography.hazmat.primitives.hmac import HMAC
 import os
 
 import pytest
@@ -167,7 +169,7 @@ def _reference_subkey(master: bytes, salt: bytes) -> bytes:
 def test_subkey_derivation_is_hkdf_sha256_expand(salt):
     master = _stretch_secret(CURRENT)
     key = _Key(master)
-    assert isinstance(key._prefix, hmac.HMAC)  # the standard-library HMAC, no hand-made pads
+    assert isinstance(key._prefix, HMAC)  # a library HMAC, no hand-made pads
     nonce = bytes(12)
     expected = AESGCM(_reference_subkey(master, salt)).encrypt(nonce, b"probe", b"aad")
     # Same key <=> same ciphertext and tag under the same nonce; asked twice, so the shared

@@ -17,7 +17,7 @@ from vault.queries.connections import Health, health_counts
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token, utcnow
 from vault.tokens.store import token_vault
-from vault.web.main import format_relative
+from vault.web.filters import format_relative
 
 HOUR = 3600
 PROVIDERS = """

@@ -102,7 +102,7 @@ def register_security(app: Flask) -> None:
 
 
 def register_refresh(app: Flask) -> None:
-    """The refresh engine behind ``token_vault.get_access_token`` (DESIGN.md section 6)."""
+    """The refresh engine behind ``token_vault.get_access_token`` (docs/architecture.md, "Refresh protocol")."""
     from vault.refresh.engine import register_refresh as install
 
     install(app)
@@ -111,6 +111,7 @@ def register_refresh(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
     from vault.web import api, audit, auth, connect, connections, health, main
+    from vault.web.filters import init_filters
 
     app.register_blueprint(main.bp)
     app.register_blueprint(auth.bp)
@@ -119,6 +120,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(api.bp)
+    init_filters(app)
 
 
 def register_commands(app: Flask) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 __all__ = ["TokenCipher", "DecryptionError", "MIN_SECRET_LENGTH", "FORMAT_VERSION"]
@@ -70,16 +72,20 @@ class _Key:
         # uniformly random (scrypt output), so the extract step is skipped as section 3.3
         # allows; the per-value salt goes in the info. The standard-library HMAC is keyed
         # and fed the constant label once here; each value then copies that state and adds
-        # only salt | 0x01, so no per-value HMAC set-up is paid.
-        self._prefix = hmac.new(master_key, _SUBKEY_INFO, "sha256")
+        # only salt | 0x01, so no per-value HMAC set-up is paid. cryptography's HMAC, not the
+        # standard library's: its copy is a bare OpenSSL state copy (about 1.1 µs here
+        # against 2.3 µs for hmac.HMAC.copy, which wraps two hash objects in Python), and
+        # the subkey is most of the per-value cost over bare AES-GCM.
+        self._prefix = HMAC(master_key, SHA256())
+        self._prefix.update(_SUBKEY_INFO)
         self.key_id = hmac.digest(master_key, _KEY_ID_INFO, "sha256")[:_KEY_ID_LENGTH]
         self.header_prefix = bytes([FORMAT_VERSION]) + self.key_id
 
     def subkey(self, salt: bytes) -> AESGCM:
         """HKDF-SHA256-Expand(master, info=label|salt, L=32) as an AES-256-GCM cipher."""
-        h = self._prefix.copy()
-        h.update(salt + b"\x01")
-        return AESGCM(h.digest())
+        state = self._prefix.copy()
+        state.update(salt + b"\x01")
+        return AESGCM(state.finalize())
 
 
 class TokenCipher:

@@ -22,7 +22,7 @@ from flask import current_app
 from sqlalchemy import insert, select, text
 
 from vault.extensions import db
-from vault.models import AuditEvent, Connection, Role, Token, User, utcnow
+from vault.models import AuditEvent, Connection, Role, Token, User, token_aad, utcnow
 from vault.providers.registry import PRESETS, Provider
 from vault.tokens.store import token_vault
 
@@ -282,7 +282,7 @@ class _Builder:
             {
                 "connection_id": connection_id, "kind": token_kind,
                 "ciphertext": self.cipher.encrypt(
-                    value, aad=f"connection:{connection_id}:{token_kind}".encode()
+                    value, aad=token_aad(connection_id, token_kind)
                 ),
                 "key_id": self.key_id, "expires_at": expires, "is_valid": plan.valid,
                 "last_refreshed_at": refreshed, "created_at": plan.connection["created_at"],

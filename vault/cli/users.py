@@ -1,4 +1,4 @@
-"""``flask`` commands: ``users ...`` and ``vault ...`` (DESIGN.md section 2)."""
+"""``flask users ...``: staff accounts (docs/architecture.md, "Commands")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Views parse the query string into the small filter classes here and render what these
 functions return. Every page runs a fixed number of statements whatever the number of
 connections (grouped counts, one LIMIT/OFFSET page), and nothing here decrypts: the list
-and health pages read status and expiry columns only (DESIGN.md section 3). The health
+and health pages read status and expiry columns only (docs/architecture.md, "Data model"). The health
 page's own queries are in :mod:`vault.queries.health`, the audit page's in
 :mod:`vault.queries.audit`.
 

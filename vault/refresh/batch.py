@@ -1,6 +1,6 @@
 """Refreshing every due connection at once: ``vault refresh-due`` and "Refresh all expiring".
 
-Any number of runs may go at the same time, on any number of hosts (DESIGN.md section 9). On
+Any number of runs may go at the same time, on any number of hosts (docs/architecture.md, "Scale-out"). On
 PostgreSQL each worker claims one due connection at a time with ``FOR NO KEY UPDATE SKIP
 LOCKED`` and keeps that row locked until its refresh is committed, so no two workers of any
 run ever hold the same connection. Once committed, a connection is no longer due: it was refreshed

@@ -1,4 +1,4 @@
-"""Key rotation, verification and the start-up secret check (DESIGN.md section 4).
+"""Key rotation, verification and the start-up secret check (docs/architecture.md, "Ciphertext format").
 
 Rotation re-encrypts in batches, one transaction each, locking the rows it rewrites
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so a refresh writing the same row at the same time
@@ -17,16 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from vault.config import ConfigError
 from vault.crypto import DecryptionError
 from vault.extensions import db
-from vault.models import Token
+from vault.models import Token, token_aad
 from vault.tokens.store import token_vault
 
 DEFAULT_BATCH_SIZE = 500
 # How many values the start-up check tries before it believes the secret is wrong.
 STARTUP_SAMPLE = 5
-
-
-def _aad(connection_id: int, kind: str) -> bytes:
-    return f"connection:{connection_id}:{kind}".encode()
 
 
 @dataclass
@@ -79,7 +75,7 @@ def rotate(
         last_id = rows[-1].id
         changes = []
         for row in rows:
-            aad = _aad(row.connection_id, row.kind)
+            aad = token_aad(row.connection_id, row.kind)
             try:
                 plaintext = cipher.decrypt(row.ciphertext, aad=aad)
             except DecryptionError:
@@ -125,7 +121,7 @@ def verify(batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Undecryptable | Non
             return
         for row in rows:
             try:
-                cipher.decrypt(row.ciphertext, aad=_aad(row.connection_id, row.kind))
+                cipher.decrypt(row.ciphertext, aad=token_aad(row.connection_id, row.kind))
                 yield None
             except DecryptionError:
                 yield Undecryptable(row.id, row.connection_id, row.kind, row.key_id)
@@ -164,7 +160,7 @@ def check_secret_matches_database(app: Flask) -> None:
         )
     for row in known:
         try:
-            cipher.decrypt(row.ciphertext, aad=_aad(row.connection_id, row.kind))
+            cipher.decrypt(row.ciphertext, aad=token_aad(row.connection_id, row.kind))
             return
         except DecryptionError:
             continue

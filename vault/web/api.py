@@ -1,4 +1,4 @@
-"""The token API for the company's integrations (DESIGN.md section 7), under ``/api/v1``.
+"""The token API for the company's integrations (docs/architecture.md, "Token API"), under ``/api/v1``.
 
 Authenticated by service keys only (``Authorization: Bearer tvk_...``), checked here in the
 blueprint's own ``before_request``; no browser session is needed or used, so CSRF does not

@@ -16,7 +16,7 @@ from vault.services import accounts
 from vault.extensions import db, limiter
 from vault.models import User
 from vault.web import sso
-from vault.web.security import end_session, safe_next_path, start_session
+from vault.web.security import end_session, safe_next_path, signed_in_user_key, start_session
 
 bp = Blueprint("auth", __name__)
 
@@ -83,10 +83,6 @@ def _attempt_failed(_response: Response) -> bool:
     return bool(g.get("attempt_failed"))
 
 
-def _user_key() -> str:
-    return f"user:{current_user.id}"
-
-
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(
     FAILED_SIGN_IN_LIMIT, key_func=_email_key, methods=["POST"],
@@ -137,7 +133,7 @@ def logout():
 
 @bp.route("/account/password", methods=["GET", "POST"])
 @limiter.limit(
-    FAILED_SIGN_IN_LIMIT, key_func=_user_key, methods=["POST"],
+    FAILED_SIGN_IN_LIMIT, key_func=signed_in_user_key, methods=["POST"],
     deduct_when=_attempt_failed, error_message=THROTTLED_CHANGE_MESSAGE,
 )
 def change_password():

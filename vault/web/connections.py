@@ -18,7 +18,7 @@ from vault.grants import StoredValues, due_at, grant_for
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
 from vault.tokens.store import token_vault
-from vault.web.security import admin_required
+from vault.web.security import admin_required, signed_in_user_key
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
 REFRESH_LIMIT = "10 per minute"
@@ -33,10 +33,6 @@ class ConfirmForm(FlaskForm):
 def mask(value: str) -> str:
     """Only the last 4 characters, and none of a value too short to spare them."""
     return "••••" + value[-4:] if len(value) >= 12 else "••••"
-
-
-def _user_key() -> str:
-    return f"user:{current_user.id}"
 
 
 @bp.get("")
@@ -103,7 +99,7 @@ def detail(connection_id: int):
 
 @bp.post("/<int:connection_id>/refresh")
 @admin_required
-@limiter.limit(REFRESH_LIMIT, key_func=_user_key)
+@limiter.limit(REFRESH_LIMIT, key_func=signed_in_user_key)
 def refresh(connection_id: int):
     """Refresh now, even a fresh token, and say on the detail page how it went."""
     connection = db.get_or_404(Connection, connection_id)

@@ -139,6 +139,11 @@ def admin_required(view: View) -> View:
     return wrapped  # type: ignore[return-value]
 
 
+def signed_in_user_key() -> str:
+    """Flask-Limiter key for limits counted per signed-in staff user."""
+    return f"user:{current_user.id}"
+
+
 def require_admin() -> None:
     """Abort with 403 unless an admin is signed in (for views and ``before_request``)."""
     if not (current_user.is_authenticated and current_user.is_admin):
