@@ -1,4 +1,5 @@
-# Token Vault. `make run` for a first run on a fresh machine, `make test`, `make bench`.
+# Token Vault. `make run` for a first run on a fresh machine, `make test`, `make lint`,
+# `make bench`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,7 +7,7 @@ FLASK  := $(BIN)/flask --app app
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(VENV)/.runtime-installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,12 @@ $(AXE)/node_modules/.package-lock.json: $(AXE)/package.json $(AXE)/package-lock.
 
 test: $(VENV)/.dev-installed $(E2E_PROVIDER)/node_modules/.package-lock.json $(AXE)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (with import sorting), mypy, and the layer contracts of pyproject.toml (import-linter).
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check vault
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench

@@ -102,7 +102,10 @@ def register_security(app: Flask) -> None:
 
 
 def register_refresh(app: Flask) -> None:
-    """The refresh engine behind ``token_vault.get_access_token`` (docs/architecture.md, "Refresh protocol")."""
+    """The refresh engine behind ``token_vault.get_access_token``.
+
+    See docs/architecture.md, "Refresh protocol".
+    """
     from vault.refresh.engine import register_refresh as install
 
     install(app)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from flask import has_request_context, request
 from flask_login import current_user
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, User, utcnow
@@ -14,7 +15,7 @@ from vault.redact import redact
 
 # One statement built once: the hot paths (a token handed out) add a row without the ORM,
 # and without RETURNING the new id, which nobody reads.
-_INSERT = insert(AuditEvent.__table__).inline()
+_INSERT = insert(cast(Table, AuditEvent.__table__)).inline()
 
 
 def record(

@@ -10,6 +10,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
+from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
     CheckConstraint,
@@ -24,7 +25,6 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from flask_login import UserMixin
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
 

@@ -2,7 +2,8 @@
 
 Fake tokens are encrypted like real ones (the app's :class:`~vault.crypto.TokenCipher`, AAD
 ``connection:<id>:<kind>``, the current key id) and written in bulk (COPY on PostgreSQL,
-executemany on SQLite), so 10,000 connections take seconds. The spread of statuses and expiries is what a real vault shows:
+executemany on SQLite), so 10,000 connections take seconds. The spread of statuses and
+expiries is what a real vault shows:
 mostly active, some expiring soon, some expired but refreshable, some needing a reconnect,
 some failing, some disconnected.
 """
@@ -15,11 +16,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 import click
-from flask.cli import with_appcontext
 from flask import current_app
-from sqlalchemy import insert, select, text
+from flask.cli import with_appcontext
+from sqlalchemy import Table, insert, select, text
 
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Role, Token, User, token_aad, utcnow
@@ -96,7 +98,7 @@ def seed_demo(count: int, *, seed: int | None = None, now: datetime | None = Non
                  for n in range(first, min(count, first + CHUNK))]
         ids = _insert_connections([plan.connection for plan in plans])
         tokens, events = [], []
-        for connection_id, plan in zip(ids, plans):
+        for connection_id, plan in zip(ids, plans, strict=True):
             tokens += builder.tokens(connection_id, plan)
             events += builder.events(connection_id, plan)
             report.statuses[plan.connection["status"]] += 1
@@ -121,7 +123,7 @@ def _postgresql() -> bool:
 
 def _insert_connections(rows: list[dict]) -> list[int]:
     """Insert connection rows; their new ids, in order."""
-    table = Connection.__table__
+    table = cast(Table, Connection.__table__)
     if not _postgresql():
         statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
         return list(db.session.scalars(statement, rows))
@@ -131,7 +133,7 @@ def _insert_connections(rows: list[dict]) -> list[int]:
              "FROM generate_series(1, :n)"),
         {"n": len(rows)},
     ))
-    _insert(table, [{"id": connection_id, **row} for connection_id, row in zip(ids, rows)])
+    _insert(table, [{"id": id_, **row} for id_, row in zip(ids, rows, strict=True)])
     return ids
 
 
@@ -145,6 +147,7 @@ def _insert(table, rows: list[dict]) -> None:
         return
     columns = list(rows[0])
     driver = db.session.connection().connection.driver_connection
+    assert driver is not None  # a live psycopg connection
     with driver.cursor() as cursor:
         names = ", ".join(f'"{column}"' for column in columns)
         with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
@@ -230,6 +233,7 @@ class _Builder:
             next_refresh = self._ahead(30, 1800)
         created = self._ago(86400, 400 * 86400)
         refreshed = None if status == "disconnected" else self._ago(0, 3 * 3600)
+        account: dict[str, str | None]
         if kind.oauth:
             email = f"{first}.{last}.{n}@{kind.key}.example".lower()
             account = {"account_email": email, "account_name": f"{first} {last}"}

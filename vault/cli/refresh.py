@@ -12,9 +12,8 @@ import click
 from flask.cli import with_appcontext
 
 from vault.config import MAX_REFRESH_CONCURRENCY
-from vault.refresh.batch import refresh_due
+from vault.refresh.batch import count_due, refresh_due
 from vault.refresh.engine import RefreshResult
-from vault.refresh.batch import count_due
 
 
 @click.command("refresh-due")

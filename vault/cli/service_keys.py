@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import click
-from flask import Flask, current_app
+from flask import current_app
 from flask.cli import with_appcontext
 
-from vault.services import service_keys
 from vault.extensions import db
-
-
-
+from vault.services import service_keys
 
 
 @click.command("create")

@@ -6,15 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from flask import Flask
 from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from vault import audit
-from vault.services import accounts
 from vault.extensions import db
 from vault.models import Role, User
-
+from vault.services import accounts
 
 ROLE_CHOICE = click.Choice([role.value for role in Role])
 
@@ -118,4 +116,11 @@ def _set_enabled(email: str, *, enabled: bool) -> None:
     click.echo(f"{user.email} is {state}.")
 
 
-COMMANDS = [create_user_command, create_first_admin_command, list_users_command, set_role_command, disable_user_command, enable_user_command]
+COMMANDS = [
+    create_user_command,
+    create_first_admin_command,
+    list_users_command,
+    set_role_command,
+    disable_user_command,
+    enable_user_command,
+]

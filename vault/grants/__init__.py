@@ -258,31 +258,28 @@ def renewable_clause(
     without, they are the expanding bound parameters of :meth:`GrantProviders.params`, so
     that a statement built once serves every providers file.
     """
-    def keys(name: str, values: list[str] | None) -> Any:
-        return values if values is not None else bindparam(name, expanding=True)
+    def keys(name: str) -> Any:
+        # Inlined lists, or an expanding bound parameter of the same name.
+        if providers is None:
+            return bindparam(name, expanding=True)
+        return getattr(providers, name.removesuffix("_providers"))
 
     has_refresh = refresh.c.connection_id.is_not(None)
     return and_(
         connections.c.status.not_in(_GONE),
         or_(
             and_(
-                connections.c.provider.in_(
-                    keys("oauth_providers", providers and providers.oauth)
-                ),
+                connections.c.provider.in_(keys("oauth_providers")),
                 has_refresh,
                 refresh.c.is_valid.is_(True),
                 or_(refresh.c.expires_at.is_(None), refresh.c.expires_at > now),
             ),
             and_(
-                connections.c.provider.in_(
-                    keys("client_credentials_providers", providers and providers.client_credentials)
-                ),
+                connections.c.provider.in_(keys("client_credentials_providers")),
                 ~has_refresh,
             ),
             and_(
-                connections.c.provider.in_(
-                    keys("key_exchange_providers", providers and providers.key_exchange)
-                ),
+                connections.c.provider.in_(keys("key_exchange_providers")),
                 api_key.c.connection_id.is_not(None),
                 api_secret.c.connection_id.is_not(None),
             ),

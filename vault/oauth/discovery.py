@@ -66,7 +66,9 @@ def _discover(url: str) -> dict[str, Any]:
         response.raise_for_status()
         document = response.json()
     except (requests.RequestException, ValueError) as error:
-        raise DiscoveryError(f"discovery document {url} could not be loaded: {type(error).__name__}") from None
+        raise DiscoveryError(
+            f"discovery document {url} could not be loaded: {type(error).__name__}"
+        ) from None
     if not isinstance(document, dict):
         raise DiscoveryError(f"discovery document {url} is not a JSON object")
     with _cache_lock:

@@ -125,10 +125,9 @@ def _check_authorization_response(provider: Provider) -> str | None:
     sent = request.args.get("iss")
     # RFC 9207: a provider that names itself in the answer must be the one we asked, so an
     # answer from another provider (a mix-up attack) is refused before any code is exchanged.
-    if metadata.get("authorization_response_iss_parameter_supported") or sent is not None:
-        if sent != issuer:
-            raise IdentityError(f"The answer did not come from {provider.title} (issuer "
-                                "mismatch).")
+    required = metadata.get("authorization_response_iss_parameter_supported")
+    if (required or sent is not None) and sent != issuer:
+        raise IdentityError(f"The answer did not come from {provider.title} (issuer mismatch).")
     return issuer
 
 

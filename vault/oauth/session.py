@@ -43,7 +43,7 @@ class ProviderSession(OAuth2Session):
         """Never refresh behind the caller's back: the token is sent as it is."""
         return True
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
         """As requests does it, with the environment's answer cached per origin."""
         if self.trust_env:
             no_proxy = proxies.get("no_proxy") if proxies is not None else None

@@ -263,8 +263,10 @@ def _oauth_reason(error: AuthlibBaseError) -> str:
 
 
 def _timestamp(value: object) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
     try:
-        return datetime.fromtimestamp(int(value), tz=timezone.utc)  # type: ignore[arg-type]
+        return datetime.fromtimestamp(int(value), tz=timezone.utc)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
 

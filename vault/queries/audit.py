@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from vault.queries.connections import PAGE_SIZE, Page, page_number, positive_int
 from vault.extensions import db
 from vault.models import AuditEvent
+from vault.queries.connections import PAGE_SIZE, Page, page_number, positive_int
+
 
 @dataclass(frozen=True)
 class AuditFilters:
@@ -28,7 +29,7 @@ class AuditFilters:
             action=(args.get("action") or "").strip()[:64] or None,
             actor=" ".join((args.get("actor") or "").split())[:320],
             connection_id=positive_int(args.get("connection")),
-            page=positive_int(args.get("page"), 1),
+            page=positive_int(args.get("page"), 1) or 1,
         )
 
     def query_args(self, **changes: Any) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Views parse the query string into the small filter classes here and render what these
 functions return. Every page runs a fixed number of statements whatever the number of
 connections (grouped counts, one LIMIT/OFFSET page), and nothing here decrypts: the list
-and health pages read status and expiry columns only (docs/architecture.md, "Data model"). The health
-page's own queries are in :mod:`vault.queries.health`, the audit page's in
+and health pages read status and expiry columns only (docs/architecture.md, "Data model").
+The health page's own queries are in :mod:`vault.queries.health`, the audit page's in
 :mod:`vault.queries.audit`.
 
 A connection's *health* is what staff act on, computed in SQL by one expression
@@ -306,7 +306,7 @@ class ConnectionFilters:
             health=Health(health) if health in {state.value for state in Health} else None,
             search=" ".join((args.get("q") or "").split())[:200],
             sort=sort if sort in SORTS else "expiry",
-            page=positive_int(args.get("page"), 1),
+            page=positive_int(args.get("page"), 1) or 1,
         )
 
     def query_args(self, **changes: Any) -> dict[str, Any]:

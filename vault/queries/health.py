@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Row, and_, bindparam, case, func, select
 
-from vault.queries.connections import NOW, Health, at, health_source
 from vault.extensions import db
 from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
+from vault.queries.connections import NOW, Health, at, health_source
 
 ATTENTION = (Health.EXPIRING, Health.NEEDS_RECONNECT, Health.ERROR)
 
@@ -89,7 +89,7 @@ def expiry_buckets(
     slots = {f"low_{n}": max(start, now) for n, start in enumerate(future)}
     slots |= {f"high_{n}": start + step for n, start in enumerate(future)}
     counts = db.session.execute(_buckets_statement(len(future)), slots | at(now)).one()
-    by_start = dict(zip(future, counts))
+    by_start = dict(zip(future, counts, strict=True))
     return [
         Bucket(start, start + step, by_start.get(start, 0), past=start not in by_start)
         for start in starts

@@ -1,11 +1,13 @@
 """Refreshing every due connection at once: ``vault refresh-due`` and "Refresh all expiring".
 
-Any number of runs may go at the same time, on any number of hosts (docs/architecture.md, "Scale-out"). On
-PostgreSQL each worker claims one due connection at a time with ``FOR NO KEY UPDATE SKIP
-LOCKED`` and keeps that row locked until its refresh is committed, so no two workers of any
-run ever hold the same connection. Once committed, a connection is no longer due: it was refreshed
-after this run began, it is backing off, or it needs reconnecting. SQLite allows one writer
-at a time on one host, so there the run uses a single worker.
+Any number of runs may go at the same time, on any number of hosts (docs/architecture.md,
+"Scale-out"). On PostgreSQL each worker claims one due connection at a time with ``FOR NO
+KEY UPDATE SKIP LOCKED`` and keeps that row locked until its refresh is committed, so no two
+workers of any run ever hold the same connection. Once committed, a connection is no longer
+due: it was refreshed after this run began, it is backing off, or it needs reconnecting.
+SQLite allows one writer at a time on one host, so there the run uses a single worker.
+Which connections are due is :func:`due_statement`'s answer, built on the one renewability
+policy of :mod:`vault.grants`.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def refresh_due(
 
     ``concurrency`` workers claim due connections one at a time; see the module docstring.
     """
-    app = current_app._get_current_object()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # for the workers
     engine: RefreshEngine = app.extensions["refresh_engine"]
     window = _window(within)
     started, timer = token_vault.clock(), time.perf_counter()

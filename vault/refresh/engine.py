@@ -28,13 +28,13 @@ from datetime import datetime, timedelta
 from flask import Flask, current_app
 
 from vault import audit
-from vault.refresh import rows
 from vault.extensions import db
-from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
-from vault.redact import redact_known
 from vault.grants import Credentials, NotRefreshable, StoredValues, grant_for
+from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.tokens import NewTokens
+from vault.redact import redact_known
+from vault.refresh import rows
 from vault.tokens.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
 
 __all__ = [
@@ -90,7 +90,7 @@ class RefreshResult:
 
 
 class RefreshEngine:
-    """The :class:`~vault.tokens.store.Refresher` for one app: runs the protocol for a connection."""
+    """The :class:`~vault.tokens.store.Refresher` of one app: the protocol for a connection."""
 
     def __init__(self) -> None:
         # connection id -> [lock, number of threads using it]; entries go when unused.
@@ -193,7 +193,10 @@ class RefreshEngine:
 
         if connection.status == ConnectionStatus.NEEDS_RECONNECT.value:
             return finish(Outcome.NEEDS_RECONNECT, connection.last_error or "reconnect needed")
-        if not force and usable and (access.expires_at is None or access.expires_at > now + window):
+        fresh = access is not None and usable and (
+            access.expires_at is None or access.expires_at > now + window
+        )
+        if fresh and not force:
             return finish(Outcome.ALREADY_FRESH)
         if before is not None and usable and rows.ciphertexts(tokens) != before:
             return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")

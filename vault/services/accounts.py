@@ -99,7 +99,8 @@ def authenticate(email: str, password: str) -> User:
     The password is checked even for a disabled account, so the answer takes the same time.
     """
     user = find_user(email)
-    if not check_password(user, password):
+    matches = check_password(user, password)  # hashes even for no user: same time taken
+    if user is None or not matches:
         raise SignInError("no such account" if user is None else "wrong password")
     if not user.enabled:
         raise SignInError("account disabled")

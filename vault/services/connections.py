@@ -7,14 +7,20 @@ way leaves nothing half-written.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from vault import audit
 from vault.extensions import db
-from vault.grants import ClientCredentialsGrant, Credentials, NotRefreshable, StoredValues, grant_for
+from vault.grants import (
+    ClientCredentialsGrant,
+    Credentials,
+    NotRefreshable,
+    StoredValues,
+    grant_for,
+)
 from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
 from vault.oauth import tokens
 from vault.oauth.errors import GrantRejected, ProviderFailure
@@ -60,14 +66,14 @@ def record_grant(
     provider sends no new one). Returns the connection and whether it is new.
     """
     now = utcnow()
-    connection = db.session.scalar(
+    existing = db.session.scalar(
         select(Connection).where(
             Connection.provider == provider.key, Connection.account_subject == account.subject
         )
     )
-    created = connection is None
+    created = existing is None
+    connection = existing or Connection(provider=provider.key, account_subject=account.subject)
     if created:
-        connection = Connection(provider=provider.key, account_subject=account.subject)
         db.session.add(connection)
     connection.account_email = account.email
     connection.account_name = account.name
@@ -131,7 +137,7 @@ def connect_client_credentials(provider: Provider, user: User) -> tuple[Connecti
         token["expires_in"] = round((answer.expires_at - now).total_seconds())
     if answer.scope is not None:
         token["scope"] = answer.scope
-    account = Account(subject=provider.client_id, email=None, name=f"{provider.title} client")
+    account = Account(subject=str(provider.client_id), email=None, name=f"{provider.title} client")
     return record_grant(provider, token, account, user)
 
 
@@ -209,7 +215,9 @@ def _exchange_credentials(provider: Provider, values: dict[str, str]) -> NewToke
     try:
         return grant.request(provider, credentials, now=now)
     except GrantRejected:
-        raise ConnectError(f"{provider.title} refused these credentials; nothing was stored.") from None
+        raise ConnectError(
+            f"{provider.title} refused these credentials; nothing was stored."
+        ) from None
     except (ProviderFailure, NotRefreshable) as error:
         reason = redact_known(str(error), values.values())
         raise ConnectError(

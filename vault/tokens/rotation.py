@@ -1,4 +1,6 @@
-"""Key rotation, verification and the start-up secret check (docs/architecture.md, "Ciphertext format").
+"""Key rotation, verification and the start-up secret check.
+
+See docs/architecture.md, "Ciphertext format".
 
 Rotation re-encrypts in batches, one transaction each, locking the rows it rewrites
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so a refresh writing the same row at the same time
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from flask import Flask
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.config import ConfigError
@@ -30,7 +33,8 @@ class RotationResult:
     """What one ``rotate-key`` run did."""
 
     reencrypted: int = 0
-    undecryptable: list[tuple[int, int, str]] = field(default_factory=list)  # token, connection, kind
+    # (token id, connection id, kind) of each value that could not be decrypted
+    undecryptable: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 def count_outdated() -> int:
@@ -47,9 +51,10 @@ def rotate(
     current = cipher.current_key_id
     result = RotationResult()
     skipped: set[int] = set()  # undecryptable rows, so the loop does not pick them again
+    tokens = cast(Table, Token.__table__)
     update_statement = (
-        update(Token.__table__)
-        .where(Token.__table__.c.id == bindparam("token_id"))
+        update(tokens)
+        .where(tokens.c.id == bindparam("token_id"))
         .values(ciphertext=bindparam("new_ciphertext"), key_id=bindparam("new_key_id"))
     )
     # Walk the ids upwards (no rescans of what is done); rows locked by a refresh are
@@ -88,7 +93,9 @@ def rotate(
                 "new_key_id": current,
             })
         if changes:
-            db.session.execute(update_statement, changes, execution_options={"synchronize_session": False})
+            db.session.execute(
+                update_statement, changes, execution_options={"synchronize_session": False}
+            )
         db.session.commit()
         result.reencrypted += len(changes)
         if progress is not None:

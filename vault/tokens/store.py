@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, cast
 
 from flask import Flask, current_app
-from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy import CursorResult, and_, bindparam, delete, select, update
 
 from vault.crypto import DecryptionError, TokenCipher
 from vault.extensions import db
@@ -152,6 +152,7 @@ class TokenVault:
             db.session.add(connection)
             db.session.flush()
         now = self.clock()
+        token: Token | None
         if existing is not None:
             if existing.connection_id != connection.id or existing.kind != kind:
                 raise ValueError("existing must be this connection's row of that kind")
@@ -193,7 +194,7 @@ class TokenVault:
         statement = delete(Token).where(Token.connection_id == connection.id)
         if kinds is not None:
             statement = statement.where(Token.kind.in_([TokenKind(k).value for k in kinds]))
-        deleted = db.session.execute(statement).rowcount
+        deleted = cast(CursorResult, db.session.execute(statement)).rowcount
         db.session.expire(connection, ["tokens"])
         return deleted
 

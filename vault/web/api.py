@@ -1,4 +1,6 @@
-"""The token API for the company's integrations (docs/architecture.md, "Token API"), under ``/api/v1``.
+"""The token API for the company's integrations, under ``/api/v1``.
+
+See docs/architecture.md, "Token API".
 
 Authenticated by service keys only (``Authorization: Bearer tvk_...``), checked here in the
 blueprint's own ``before_request``; no browser session is needed or used, so CSRF does not
@@ -17,11 +19,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
 from vault import audit
-from vault.services import service_keys
 from vault.crypto import DecryptionError
 from vault.extensions import csrf, db, limiter
 from vault.models import Connection, Token, TokenKind, utcnow
 from vault.refresh.engine import ProviderUnavailable
+from vault.services import service_keys
 from vault.tokens.store import AccessToken, NeedsReconnect, TokenUnavailable, token_vault
 from vault.web.api_spec import openapi_document
 
@@ -67,7 +69,7 @@ def authenticate_service_key() -> Response | None:
         return response
     g.service_key = key
     # A misspelt filter (?provder=...) must not silently widen the answer.
-    allowed = QUERY_PARAMETERS.get(request.endpoint)
+    allowed = QUERY_PARAMETERS.get(request.endpoint or "")
     unknown = sorted(set(request.args) - allowed) if allowed is not None else []
     if unknown:
         return _error(400, "unknown_parameter", f"unknown query parameter {unknown[0]!r}")
@@ -89,7 +91,7 @@ def openapi():
 
 
 @bp.get("/connections", **READ_ONLY)
-def list_connections():
+def list_connections() -> Response:
     """Connections this key may read, without any secret; ``?provider=KEY`` filters."""
     key: service_keys.AuthenticatedKey = g.service_key
     access = Token.__table__.alias("access")
@@ -189,7 +191,9 @@ def http_error(error: HTTPException):
 def database_unavailable(error: Exception):
     """The database cannot be reached (a restart, a failover): 503, and the client retries."""
     db.session.rollback()
-    current_app.logger.warning("API request failed: database unavailable (%s)", type(error).__name__)
+    current_app.logger.warning(
+        "API request failed: database unavailable (%s)", type(error).__name__
+    )
     response = _error(503, "database_unavailable", "the database cannot be reached; retry shortly")
     response.headers["Retry-After"] = "5"
     return response

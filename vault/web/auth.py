@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
 from flask_login import current_user
@@ -12,9 +14,9 @@ from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from vault import audit
-from vault.services import accounts
 from vault.extensions import db, limiter
 from vault.models import User
+from vault.services import accounts
 from vault.web import sso
 from vault.web.security import end_session, safe_next_path, signed_in_user_key, start_session
 
@@ -183,7 +185,7 @@ def sso_callback(key: str):
     """Where the provider sends the browser back: check who it is, then sign them in."""
     provider = sso.staff_provider(key)
     next_path = safe_next_path(session.pop(SSO_NEXT, None))
-    claims = {}
+    claims: Mapping[str, Any] = {}
     try:
         claims = sso.finish(provider)
         user, created = accounts.account_for_sso(

@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime, time, timezone
 
 from flask import (
-    Blueprint, abort, current_app, flash, redirect, render_template, url_for,
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    url_for,
 )
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -14,15 +20,19 @@ from wtforms import DateField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length, Optional
 
 from vault import audit
-from vault.services.connections import (
-    ConnectError, account_from_claims, add_credentials, connect_client_credentials,
-    missing_scopes, record_grant,
-)
 from vault.extensions import db
 from vault.models import Connection, TokenKind
 from vault.oauth import identity
 from vault.oauth.clients import connect_client, redirect_uri
 from vault.providers.registry import Provider
+from vault.services.connections import (
+    ConnectError,
+    account_from_claims,
+    add_credentials,
+    connect_client_credentials,
+    missing_scopes,
+    record_grant,
+)
 from vault.tokens.store import token_vault
 from vault.web.security import admin_required
 
@@ -78,8 +88,8 @@ def callback(provider_key: str):
         db.session.rollback()
         return _failure_page(provider, "Another connect of the same account finished at the "
                              "same moment; reload the connection list.", 409)
-    flash(f"{'Connected' if created else 'Reconnected'} {account.email or account.name or account.subject} "
-          f"at {provider.title}.", "success")
+    who = account.email or account.name or account.subject
+    flash(f"{'Connected' if created else 'Reconnected'} {who} at {provider.title}.", "success")
     if provider.offline_access and token_vault.token(connection, TokenKind.REFRESH) is None:
         flash("No refresh token — reconnect with consent, or this connection will stop "
               "working when its access token expires.", "warning")
@@ -128,7 +138,8 @@ def credentials_form(provider: Provider, *, replacing: bool) -> FlaskForm:
             description="How staff will recognise these credentials, e.g. “Main account”.",
         )
     for name, title in provider.fields.items():
-        setattr(CredentialsForm, name, PasswordField(title, validators=[DataRequired(), Length(max=8192)]))
+        field = PasswordField(title, validators=[DataRequired(), Length(max=8192)])
+        setattr(CredentialsForm, name, field)
     if provider.expiry_field:
         CredentialsForm.expires_on = DateField("Expires on (optional)", validators=[Optional()])
     CredentialsForm.submit = SubmitField("Replace credentials" if replacing else "Save credentials")
@@ -150,7 +161,9 @@ def add_credentials_form(provider_key: str):
     form = credentials_form(provider, replacing=False)
     if form.validate_on_submit():
         return _save_credentials(provider, form, connection=None)
-    return render_template("connect/credentials.html", provider=provider, form=form, connection=None)
+    return render_template(
+        "connect/credentials.html", provider=provider, form=form, connection=None
+    )
 
 
 @bp.route("/connections/<int:connection_id>/credentials", methods=["GET", "POST"])

@@ -9,14 +9,14 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import SubmitField
 
-from vault.services.connections import disconnect, missing_scopes
 from vault.crypto import DecryptionError
-from vault.queries.audit import connection_history
-from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
 from vault.extensions import db, limiter
 from vault.grants import StoredValues, due_at, grant_for
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
+from vault.queries.audit import connection_history
+from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
+from vault.services.connections import disconnect, missing_scopes
 from vault.tokens.store import token_vault
 from vault.web.security import admin_required, signed_in_user_key
 

@@ -46,5 +46,5 @@ def format_thousands(number: int) -> str:
 
 
 def health_label(value: str) -> str:
-    """The words for a :class:`~vault.queries.connections.Health` value, e.g. ``Needs reconnect``."""
+    """The words for a :class:`~vault.queries.connections.Health` value: ``Needs reconnect``."""
     return Health(value).label

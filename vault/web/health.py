@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from vault.audit import StaffActor
-from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
 from vault.extensions import limiter
 from vault.models import utcnow
+from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
+from vault.queries.health import expiry_buckets, key_id_counts, needing_attention
 from vault.refresh.batch import refresh_due
 from vault.tokens.store import token_vault
-from vault.queries.health import expiry_buckets, key_id_counts, needing_attention
 from vault.web.chart import expiry_chart
 from vault.web.security import admin_required, signed_in_user_key
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, render_template
 from sqlalchemy import text
 
-from vault.queries.connections import Health, providers_overview
 from vault.extensions import db
 from vault.oauth.clients import redirect_uri
+from vault.queries.connections import Health, providers_overview
 
 bp = Blueprint("main", __name__)
 

@@ -28,16 +28,17 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFError
-from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from vault.services.accounts import session_marker
 from vault.extensions import db, limiter, login_manager
 from vault.models import User, utcnow
+from vault.services.accounts import session_marker
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Reachable without a session. Everything else, including blueprints added later, needs one.
@@ -100,7 +101,9 @@ def init_security(app: Flask) -> None:
     if proxies:
         # Only what every reverse proxy sets itself: the client address and the scheme (for
         # HSTS and Secure cookies). Many proxies pass X-Forwarded-Host/-Prefix from the client.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # Flask's documented way
+            app.wsgi_app, x_for=proxies, x_proto=proxies
+        )
     app.session_interface = StaffSessionInterface()
     login_manager.session_protection = "basic"
     login_manager.user_loader(_load_user)
@@ -122,7 +125,7 @@ class StaffSessionInterface(SecureCookieSessionInterface):
     this goes by the path.)
     """
 
-    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         if request.path.startswith(SERVICE_API_PATH):
             return self.make_null_session(app)
         return super().open_session(app, request)
@@ -214,7 +217,7 @@ def _load_user(user_id: str) -> User | None:
     return user
 
 
-def _guard_request() -> Response | None:
+def _guard_request() -> ResponseReturnValue | None:
     if request.method not in SAFE_METHODS and request.headers.get("Sec-Fetch-Site") == "cross-site":
         abort(403, "Requests from other sites may not change anything here.")
     if request.endpoint == "static" or request.blueprint in SELF_AUTHENTICATING_BLUEPRINTS:
