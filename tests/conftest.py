@@ -3,7 +3,12 @@
 Web tests run on a throwaway SQLite file; tests that care about PostgreSQL (locking,
 migrations, the store) ask for ``postgres_url``, which creates and drops a database of its
 own on the server at ``VAULT_TEST_DATABASE_URL`` (default 127.0.0.1:5432). Without a server
-those tests skip, except under ``CI=true``, where they fail.
+those tests skip, except under ``CI=true``, where they fail. A module marked
+``shared_postgres_database`` gets one database for all its tests instead.
+
+More shared fixtures come from the plugins in ``pytest_plugins`` below (pytest reads that list
+only in this, the top-level, conftest): test modules never import fixtures, they ask for them
+by name, and import plain helpers and constants by name.
 """
 
 from __future__ import annotations
@@ -12,10 +17,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
-
-from flask.testing import FlaskClient
 
 from tests.support.databases import temporary_database
 from vault import create_app
@@ -24,6 +28,25 @@ from vault.extensions import db as _db
 TEST_ENCRYPTION_SECRET = "test-encryption-secret-0123456789abcdef"
 TEST_SECRET_KEY = "test-session-secret-key-0123456789abcdef"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+# First imported, first registered: tests.browser.fixtures comes first since
+# tests.support.provider_stub imports it (pytest must see a plugin before anything imports it).
+pytest_plugins = [
+    # chromium, page, problems, screenshot, axe_check: tests/browser and tests/e2e
+    "tests.browser.fixtures",
+    # stub, closed_port, stub_config, vault_app: the refresh and token-API tests' provider
+    "tests.support.refresh_fixtures",
+    # users: the Connect tests' admin and viewer
+    "tests.support.connect_flow",
+]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "shared_postgres_database: one PostgreSQL database for the whole module, not one a "
+        "test (each test still starts from empty tables)",
+    )
 
 
 def _postgres_admin_url() -> URL:
@@ -51,9 +74,24 @@ def postgres_server() -> URL:
     return url
 
 
+@pytest.fixture(scope="module")
+def shared_postgres_url(postgres_server: URL) -> Iterator[str]:
+    """One PostgreSQL database for a whole test module, dropped after its last test."""
+    with temporary_database(postgres_server, prefix="tokenvault_test") as url:
+        yield url
+
+
 @pytest.fixture
-def postgres_url(postgres_server: URL) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def postgres_url(request, postgres_server: URL) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards.
+
+    In a module marked ``shared_postgres_database``, the module's one database
+    (``shared_postgres_url``) instead: much quicker, and each test still starts from empty
+    tables, since the ``app`` fixture creates and drops them.
+    """
+    if request.node.get_closest_marker("shared_postgres_database"):
+        yield request.getfixturevalue("shared_postgres_url")
+        return
     with temporary_database(postgres_server, prefix="tokenvault_test") as url:
         yield url
 

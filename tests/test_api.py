@@ -9,12 +9,21 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault.refresh import rows as refresh_rows
-from vault.services import service_keys
+from tests.support.refresh_fixtures import (
+    OLD_ACCESS_TOKEN,
+    both_backends,
+    load,
+    make_api_key_connection,
+    make_connection,
+    postgresql_only,
+)
 from vault.extensions import db as _db
 from vault.models import AuditEvent, Connection, ServiceKey, Token, TokenKind, utcnow
+from vault.refresh import rows as refresh_rows
+from vault.services import service_keys
 from vault.tokens.store import token_vault
+
+pytestmark = pytest.mark.shared_postgres_database  # one database for the module
 
 
 def new_key(db, name="billing", providers=("acme", "down", "greeninvoice")) -> str:

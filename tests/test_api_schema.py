@@ -10,15 +10,16 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault.services import service_keys
+from tests.support.refresh_fixtures import make_connection, postgresql_only
 from vault.models import Connection
+from vault.services import service_keys
 from vault.tokens.store import token_vault
 from vault.web.api_spec import openapi_document
 
 pytestmark = [
     pytest.mark.slow,
     postgresql_only,
+    pytest.mark.shared_postgres_database,
 ]
 
 # The document is loaded here, not from the running app (schemathesis' lazy loader needs a

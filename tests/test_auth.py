@@ -17,9 +17,9 @@ from tests.support.builders import (
     make_user,
     post_form,
 )
-from vault.services import accounts
 from vault.extensions import db
 from vault.models import AuditEvent, utcnow
+from vault.services import accounts
 from vault.web.security import LAST_SEEN_AT, SIGNED_IN_AT
 
 

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.builders import DEFAULT_PASSWORD, login, make_user
-from vault.services import accounts
 from vault.extensions import db
 from vault.models import AuditEvent, User
+from vault.services import accounts
 
 
 def events(action: str) -> list[AuditEvent]:

@@ -10,13 +10,15 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.support.builders import post_form
-from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from tests.test_providers import load
-from vault.services import service_keys
+from tests.support.refresh_fixtures import both_backends
+from tests.support.registry import load_registry
 from vault.config import ConfigError
 from vault.models import AuditEvent, Connection, Token, TokenKind, utcnow
 from vault.refresh.engine import refresh_now
+from vault.services import service_keys
 from vault.tokens.store import token_vault
+
+pytestmark = pytest.mark.shared_postgres_database  # one database for the module
 
 MACHINE = "machine"
 
@@ -55,7 +57,7 @@ def expire_access_token(db, connection_id: int, seconds: int = 60) -> None:
 
 def test_the_providers_file_checks_the_grant_type(tmp_path):
     base = '[m]\ntype = "oauth2"\nclient_id = "x"\nclient_secret = "y"\ntoken_url = "https://t/x"\n'
-    machine = load(tmp_path, base + 'grant_type = "client_credentials"\n').get("m")
+    machine = load_registry(tmp_path, base + 'grant_type = "client_credentials"\n').get("m")
     assert machine.uses_client_credentials and machine.authorize_url is None
     for text, expected in (
         (base + 'grant_type = "password"\n', "[m] grant_type: must be one of"),
@@ -64,7 +66,7 @@ def test_the_providers_file_checks_the_grant_type(tmp_path):
          "[k] grant_type: client_credentials is for OAuth providers"),
     ):
         with pytest.raises(ConfigError, match=re.escape(expected)):
-            load(tmp_path, text)
+            load_registry(tmp_path, text)
 
 
 @both_backends

@@ -5,27 +5,21 @@ from __future__ import annotations
 import base64
 import re
 import zlib
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select
 
+from tests.support.connect_flow import (
+    ADMIN_EMAIL,
+    VIEWER_EMAIL,
+    begin,
+    csrf_token,
+    finish,
+    sign_in,
+)
 from tests.support.oidc_stub import OIDCStub
-from vault.models import AuditEvent, Connection, ConnectionStatus, Token, User
+from vault.models import AuditEvent, Connection, ConnectionStatus, Token
 from vault.tokens.store import token_vault
-
-ADMIN_EMAIL, VIEWER_EMAIL, PASSWORD = "admin@example.com", "viewer@example.com", "correct horse battery"
-
-
-def csrf_token(client, path="/login") -> str:
-    page = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
-
-
-def sign_in(client, email: str) -> None:
-    response = client.post("/login", data={
-        "email": email, "password": PASSWORD, "csrf_token": csrf_token(client)})
-    assert response.status_code == 302, response.get_data(as_text=True)
 
 
 @pytest.fixture
@@ -68,17 +62,8 @@ def app_config(app_config, providers_file, provider_settings):
 
 
 @pytest.fixture
-def users(app, db):
-    from vault.services.accounts import create_user
-
-    admin = create_user(ADMIN_EMAIL, "admin", PASSWORD)
-    viewer = create_user(VIEWER_EMAIL, "viewer", PASSWORD)
-    db.session.commit()
-    return admin, viewer
-
-
-@pytest.fixture
 def admin_client(client, users):
+    """``client`` itself, signed in as the admin of ``users`` (not the conftest's admin_client)."""
     sign_in(client, ADMIN_EMAIL)
     return client
 
@@ -88,18 +73,6 @@ def viewer_client(app, users):
     other = app.test_client()
     sign_in(other, VIEWER_EMAIL)
     return other
-
-
-def begin(client, provider="stub") -> dict[str, str]:
-    response = client.post(f"/connect/{provider}", data={"csrf_token": csrf_token(client, "/")})
-    assert response.status_code == 302, response.get_data(as_text=True)
-    location = urlsplit(response.headers["Location"])
-    return {k: v[0] for k, v in parse_qs(location.query).items()} | {"_base": location.path}
-
-
-def finish(client, url: str):
-    parts = urlsplit(url)
-    return client.get(f"{parts.path}?{parts.query}")
 
 
 def connect(client, stub, provider="stub"):

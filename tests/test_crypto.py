@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hmac
-
-from cryptography.hazmat.primitives.hmac import HMAC
 import os
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

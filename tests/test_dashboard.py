@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import update
 
 from tests.support.builders import post_form
-from vault.queries.connections import Health, health_counts
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token, utcnow
+from vault.queries.connections import Health, health_counts
 from vault.tokens.store import token_vault
 from vault.web.filters import format_relative
 

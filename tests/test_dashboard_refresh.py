@@ -8,14 +8,7 @@ import re
 from sqlalchemy import select
 
 from tests.support.builders import post_form
-from tests.support.refresh_fixtures import (  # noqa: F401 - fixtures, found by name
-    closed_port,
-    load,
-    make_connection,
-    stub,
-    stub_config,
-    vault_app,
-)
+from tests.support.refresh_fixtures import load, make_connection
 from vault.extensions import db
 from vault.models import AuditEvent, Connection
 

@@ -10,11 +10,18 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from tests.support.connect_flow import ADMIN_EMAIL, begin, finish, sign_in
 from tests.support.oidc_stub import OIDCStub
-from tests.test_connect import admin_client, begin, finish, sign_in, users  # noqa: F401 - fixtures
 from vault.models import Connection
 from vault.providers.registry import PRESETS
 from vault.tokens.store import token_vault
+
+
+@pytest.fixture
+def admin_client(client, users):
+    """``client`` itself, signed in as the admin of ``users``, as in tests/test_connect.py."""
+    sign_in(client, ADMIN_EMAIL)
+    return client
 
 
 @pytest.fixture

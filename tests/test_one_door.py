@@ -31,17 +31,13 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from tests.support.builders import csrf_token, make_user, post_form
 from tests.support.oidc_stub import OIDCStub
-from tests.support.refresh_fixtures import (  # noqa: F401 - fixtures and marks, found by name
-    both_backends,
-    load,
-    postgres_url,
-)
+from tests.support.refresh_fixtures import both_backends, load
 from vault.extensions import db
 from vault.models import AuditEvent, TokenKind, User
 from vault.services import service_keys
 from vault.tokens.store import token_vault
 
-pytestmark = both_backends
+pytestmark = [both_backends, pytest.mark.shared_postgres_database]
 
 ACCESS_TOKEN_SECONDS = 30  # within Authlib's 60 s leeway: a held token always looks expired
 CONNECT_KEY, STAFF_KEY = "stub", "staff"

@@ -7,21 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.registry import load_registry
 from vault import PROJECT_ROOT
 from vault.config import ConfigError
 from vault.providers.registry import PRESETS, ProviderRegistry
 
 
-def load(tmp_path, text, environ=None, required=True):
-    path = tmp_path / "providers.toml"
-    path.write_text(text, encoding="utf-8")
-    return ProviderRegistry.from_file(path, required=required, environ=environ or {})
-
-
 def test_example_file_loads_with_every_preset(tmp_path):
     example = Path(PROJECT_ROOT, "providers.example.toml").read_text()
     names = set(re.findall(r"\$\{([A-Z_]+)\}", example))
-    registry = load(tmp_path, example, environ={name: f"value-of-{name}" for name in names})
+    environ = {name: f"value-of-{name}" for name in names}
+    registry = load_registry(tmp_path, example, environ=environ)
     presets = {provider.preset for provider in registry if provider.preset}
     assert presets == set(PRESETS) - {"oidc", "oauth2"}
     assert {provider.type for provider in registry} == {"oidc", "oauth2", "api_key"}
@@ -30,7 +26,7 @@ def test_example_file_loads_with_every_preset(tmp_path):
 
 
 def test_google_preset_fills_discovery_offline_access_and_revocation(tmp_path):
-    google = load(tmp_path, '[google]\npreset = "google"\nclient_id = "id"\nclient_secret = "s"\n').get("google")
+    google = load_registry(tmp_path, '[google]\npreset = "google"\nclient_id = "id"\nclient_secret = "s"\n').get("google")
     assert google.type == "oidc" and google.title == "Google"
     assert google.authorize_params == {
         "access_type": "offline", "prompt": "consent", "include_granted_scopes": "true"}
@@ -38,13 +34,13 @@ def test_google_preset_fills_discovery_offline_access_and_revocation(tmp_path):
 
 
 def test_microsoft_preset_uses_v2_endpoints_and_offline_access(tmp_path):
-    microsoft = load(tmp_path, '[ms]\npreset = "microsoft"\nclient_id = "i"\nclient_secret = "s"\n').get("ms")
+    microsoft = load_registry(tmp_path, '[ms]\npreset = "microsoft"\nclient_id = "i"\nclient_secret = "s"\n').get("ms")
     assert "/v2.0/" in microsoft.server_metadata_url
     assert "offline_access" in microsoft.scope.split()
 
 
 def test_api_key_presets_describe_their_fields(tmp_path):
-    registry = load(tmp_path, '[v]\npreset = "voicenter"\n[g]\npreset = "greeninvoice"\n[w]\npreset = "whatsapp"\n')
+    registry = load_registry(tmp_path, '[v]\npreset = "voicenter"\n[g]\npreset = "greeninvoice"\n[w]\npreset = "whatsapp"\n')
     assert list(registry.get("v").fields) == ["api_key"]
     assert list(registry.get("g").fields) == ["api_key", "api_secret"]
     assert registry.get("g").token_url.startswith("https://")
@@ -80,7 +76,7 @@ def test_missing_optional_file_means_no_providers(tmp_path):
 )
 def test_errors_name_the_file_the_provider_and_the_key(tmp_path, text, environ, expected):
     with pytest.raises(ConfigError) as error:
-        load(tmp_path, text, environ)
+        load_registry(tmp_path, text, environ)
     message = str(error.value)
     assert str(tmp_path / "providers.toml") in message
     assert expected in message
@@ -88,7 +84,7 @@ def test_errors_name_the_file_the_provider_and_the_key(tmp_path, text, environ, 
 
 
 def test_interpolation_substitutes_inside_strings_and_tables(tmp_path):
-    registry = load(
+    registry = load_registry(
         tmp_path,
         '[a]\ntype = "oidc"\nserver_metadata_url = "https://${HOST}/.well-known/openid-configuration"\n'
         'client_id = "${ID}"\nclient_secret = "${SECRET}"\nauthorize_params = { hd = "${DOMAIN}" }\n',

@@ -9,12 +9,20 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from tests.support.refresh_fixtures import (
+    OLD_ACCESS_TOKEN,
+    both_backends,
+    load,
+    make_api_key_connection,
+    make_connection,
+    postgresql_only,
+)
 from vault.grants import RefreshTokenGrant
 from vault.models import AuditEvent, ConnectionStatus, TokenKind, utcnow
 from vault.refresh.engine import Outcome, ProviderUnavailable, refresh_now
 from vault.tokens.store import NeedsReconnect, TokenUnavailable, token_vault
 
+pytestmark = pytest.mark.shared_postgres_database  # one database for the module
 
 
 def access_token_of(connection_id: int):

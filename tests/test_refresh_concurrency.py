@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from tests.support.refresh_fixtures import load, make_connection, postgresql_only
 from tests.support.refresh_workers import fetch_access_token
 from vault.extensions import db as _db
 from vault.models import AuditEvent, Connection, TokenKind
@@ -25,6 +25,7 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.slow,
     postgresql_only,
+    pytest.mark.shared_postgres_database,
 ]
 CALLERS = 50
 # forkserver: every child is a fresh process forked from a clean server process that has

@@ -7,12 +7,14 @@ import threading
 
 import pytest
 
-from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
+from tests.support.refresh_fixtures import both_backends, load, make_connection, postgresql_only
 from vault import create_app
 from vault.extensions import db as _db
 from vault.models import TokenKind
 from vault.refresh.batch import refresh_due
 from vault.tokens.store import token_vault
+
+pytestmark = pytest.mark.shared_postgres_database  # one database for the module
 
 
 def refresh_due_cli(runner, *args):

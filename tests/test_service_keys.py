@@ -7,9 +7,11 @@ import hashlib
 import pytest
 from sqlalchemy import select, text
 
-from tests.support.refresh_fixtures import *  # noqa: F403 - fixtures, marks and helpers
-from vault.services import service_keys
+from tests.support.refresh_fixtures import both_backends, postgresql_only
 from vault.models import AuditEvent, ServiceKey
+from vault.services import service_keys
+
+pytestmark = pytest.mark.shared_postgres_database  # one database for the module
 
 
 @pytest.fixture

@@ -113,10 +113,10 @@ def register_refresh(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
-    from vault.web import api, audit, auth, connect, connections, health, main
+    from vault.web import api, audit, auth, connect, connections, health, providers
     from vault.web.filters import init_filters
 
-    app.register_blueprint(main.bp)
+    app.register_blueprint(providers.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(connect.bp)
     app.register_blueprint(connections.bp)

@@ -1,6 +1,7 @@
 """Headless Chromium through Playwright, against the real app served on loopback.
 
-The browser fixtures themselves live in ``tests/browser/fixtures.py``, shared with tests/e2e.
+The browser fixtures themselves live in ``tests/browser/fixtures.py``, shared with tests/e2e
+(a plugin that tests/conftest.py registers).
 """
 
 from __future__ import annotations
@@ -9,14 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser.fixtures import (  # noqa: F401 - fixtures, found by name
-    LiveServer,
-    axe_check,
-    chromium,
-    page,
-    problems,
-    screenshot,
-)
+from tests.browser.fixtures import LiveServer
 
 
 @pytest.fixture

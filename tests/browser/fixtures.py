@@ -3,8 +3,10 @@ screenshots and an accessibility check.
 
 Chromium is Debian's (/usr/bin/chromium) driven by Playwright for Python; nothing is
 downloaded. Without Chromium or Playwright these tests skip, except under ``CI=true``, where
-that is a failure. A conftest imports the fixtures it uses by name (pytest finds fixtures in
-a conftest's namespace).
+that is a failure. A pytest plugin: ``tests/conftest.py`` registers it in ``pytest_plugins``,
+so the fixtures (``chromium``, ``page``, ``problems``, ``screenshot``, ``axe_check``) are found
+by name; the conftests and tests import the helpers (``LiveServer``, ``sign_in``,
+``unavailable``, ``ADMIN``, ``ARTIFACTS``) by name.
 """
 
 from __future__ import annotations

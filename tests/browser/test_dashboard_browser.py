@@ -12,8 +12,9 @@ import pytest
 
 from tests.browser.fixtures import ADMIN, ARTIFACTS, sign_in
 from tests.support.builders import make_user
-from tests.support.refresh_fixtures import make_connection, stub  # noqa: F401 - stub: a fixture
+from tests.support.refresh_fixtures import make_connection
 from vault.cli.demo import seed_demo
+
 
 @pytest.fixture
 def app_config(app_config, providers_file, stub):

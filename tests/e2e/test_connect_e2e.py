@@ -11,9 +11,9 @@ import re
 import pytest
 from sqlalchemy import inspect, select, text
 
-from vault.services.accounts import create_user
 from vault.extensions import db
 from vault.models import Connection
+from vault.services.accounts import create_user
 from vault.tokens.store import token_vault
 
 ADMIN, PASSWORD = "admin@example.com", "e2e-admin-password-123"
@@ -84,8 +84,7 @@ def test_connect_see_and_disconnect_at_a_real_provider(
     page.get_by_text("access revoked at the provider").wait_for()
     screenshot("connect-e2e-disconnected")
 
-    requests_seen = [line.get("request") for line in node_oidc_provider.log_lines]
-    assert "POST /token/revocation" in requests_seen
+    assert "POST /token/revocation" in node_oidc_provider.requests_seen()
     assert node_oidc_provider.introspect(plaintexts["refresh"])["active"] is False
     with live_server.app.app_context():
         connection = db.session.scalars(select(Connection)).one()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode
 
-from vault.services import accounts
 from vault.extensions import db
 from vault.models import User
+from vault.services import accounts
 
 DEFAULT_PASSWORD = "Correct-Horse-Battery-42"
 _CSRF_INPUT = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')

@@ -1,8 +1,14 @@
 """Fixtures and helpers shared by the refresh, batch-refresh and token-API tests.
 
-Test modules take them all with ``from tests.support.refresh_fixtures import *``: pytest finds
-fixtures in a module's namespace, and only there, so ``postgres_url`` below (one database
-per module) replaces the conftest one for those modules alone.
+A pytest plugin: ``tests/conftest.py`` registers it in ``pytest_plugins``, so its fixtures
+(``stub``, ``closed_port``, ``stub_config``, ``vault_app``) are found by name in every test
+module, and a module or conftest fixture of the same name overrides them (tests/test_connect.py
+has its own ``stub``, for instance). Test modules import the helpers they use by name:
+``make_connection``, ``make_api_key_connection``, ``load``, ``OLD_ACCESS_TOKEN`` and the marks
+``both_backends`` and ``postgresql_only``.
+
+One PostgreSQL database per module instead of one per test: mark the module
+``pytestmark = pytest.mark.shared_postgres_database`` (tests/conftest.py reads the mark).
 """
 
 from __future__ import annotations
@@ -12,25 +18,10 @@ from datetime import timedelta
 
 import pytest
 
-from tests.support.databases import temporary_database
 from tests.support.provider_stub import ProviderStub
 from vault.extensions import db
 from vault.models import Connection, TokenKind, utcnow
 from vault.tokens.store import token_vault
-
-__all__ = [
-    "OLD_ACCESS_TOKEN",
-    "both_backends",
-    "closed_port",
-    "load",
-    "make_api_key_connection",
-    "make_connection",
-    "postgres_url",
-    "postgresql_only",
-    "stub",
-    "stub_config",
-    "vault_app",
-]
 
 OLD_ACCESS_TOKEN = "at-0-old-access-token-value"
 
@@ -131,14 +122,15 @@ def load(connection_id: int) -> Connection:
 
 
 @pytest.fixture(scope="module")
-def postgres_url(postgres_server):
-    """One PostgreSQL database per test module instead of one per test (much quicker).
+def postgres_url(shared_postgres_url):
+    """One PostgreSQL database per test module, for modules that bind this fixture by name.
 
-    Overrides the conftest fixture of the same name for modules that import it; each test
-    still starts from empty tables, since the ``app`` fixture creates and drops them.
+    As a plugin fixture it is overridden everywhere by the conftest ``postgres_url``; a module
+    that binds it (``postgres_url = refresh_fixtures.postgres_url``) gets one database for the
+    whole module, as ``pytest.mark.shared_postgres_database`` gives. Each test still starts
+    from empty tables, since the ``app`` fixture creates and drops them.
     """
-    with temporary_database(postgres_server, prefix="tokenvault_test") as url:
-        yield url
+    return shared_postgres_url
 
 
 both_backends = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)

@@ -10,6 +10,7 @@ Here a held token is always sent as it is: only the refresh engine, through
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -22,6 +23,7 @@ from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
 from vault.oauth.errors import ProviderFailure
+from vault.oauth.lifetimes import lifetime_seconds
 
 
 class ProviderSession(OAuth2Session):
@@ -38,6 +40,7 @@ class ProviderSession(OAuth2Session):
         self._environment: dict[tuple[str, str, str | None], tuple[dict, str | None]] = {}
         for hook in ("refresh_token_response", "access_token_response"):
             self.register_compliance_hook(hook, raise_for_unavailable)
+            self.register_compliance_hook(hook, state_lifetimes_plainly)
 
     def ensure_active_token(self, token: Any = None) -> bool:
         """Never refresh behind the caller's back: the token is sent as it is."""
@@ -79,6 +82,31 @@ def raise_for_unavailable(response: requests.Response) -> requests.Response:
             f"the provider answered HTTP {status} ({label})",
             retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
+    return response
+
+
+def state_lifetimes_plainly(response: requests.Response) -> requests.Response:
+    """Rewrite a token answer's lifetimes as whole seconds, or drop the unusable ones.
+
+    Authlib computes an expiry from ``expires_in`` as soon as a token answer is parsed, with
+    ``int()``: "3600.5" or "soon" would fail there and Infinity overflow. What the vault
+    makes of a lifetime is :func:`~vault.oauth.lifetimes.lifetime_seconds`' decision, so it
+    is applied before Authlib sees the answer.
+    """
+    try:
+        answer = response.json()
+    except ValueError:
+        return response  # not JSON: the caller's parsing reports it
+    if not isinstance(answer, dict):
+        return response
+    for name in ("expires_in", "refresh_token_expires_in"):
+        if name in answer:
+            seconds = lifetime_seconds(answer[name])
+            if seconds is None:
+                del answer[name]
+            else:
+                answer[name] = seconds
+    response._content = json.dumps(answer).encode()
     return response
 
 

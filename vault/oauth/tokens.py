@@ -8,19 +8,18 @@ Four requests, each with the provider timeout, each failure classified
 * :func:`exchange_api_key`, GreenInvoice's trade of a key id and secret for a JWT;
 * :func:`fetch_userinfo` and :func:`revoke`, which send a token without ever renewing it.
 
-Answers are normalised into :class:`NewTokens`; ``expires_in`` is read by
-:func:`lifetime_end` alone.
+Answers are normalised into :class:`NewTokens`; lifetimes are read by
+:mod:`vault.oauth.lifetimes` alone.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import requests
@@ -29,6 +28,7 @@ from flask import current_app
 
 from vault.oauth.discovery import endpoint, token_endpoint
 from vault.oauth.errors import GrantRejected, ProviderFailure
+from vault.oauth.lifetimes import lifetime_end
 from vault.oauth.session import ProviderSession, raise_for_unavailable, transport_failure
 from vault.providers.registry import CLIENT_CREDENTIALS, Provider
 
@@ -68,29 +68,6 @@ class NewTokens:
             id_token=answer.get("id_token") or None,
             scope=scope if isinstance(scope, str) else None,
         )
-
-
-def lifetime_end(now: datetime, seconds: object) -> datetime | None:
-    """When a lifetime of ``seconds`` from ``now`` ends; None means "unknown".
-
-    ``expires_in`` is "the lifetime in seconds of the access token" (RFC 6749 section 5.1).
-    A positive number (or numeric string) counts from ``now``. Zero, a negative or absurd
-    number, or anything else is not a lifetime: the provider did not say, so the expiry is
-    unknown and the token is handed out as it is, rather than treated as expired and
-    refreshed again on every request.
-    """
-    if isinstance(seconds, bool):
-        return None
-    try:
-        number = float(seconds)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(number) or number <= 0:
-        return None
-    try:
-        return now + timedelta(seconds=int(number))
-    except OverflowError:
-        return None
 
 
 def refresh_token_grant(provider: Provider, refresh_token: str, *, now: datetime) -> NewTokens:

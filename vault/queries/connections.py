@@ -20,7 +20,7 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -30,7 +30,6 @@ from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 from vault.extensions import db
 from vault.grants import GrantProviders, renewable_clause
 from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
-from vault.providers.registry import ProviderRegistry
 
 PAGE_SIZE = 50
 SOON = timedelta(hours=24)
@@ -62,7 +61,6 @@ HEALTH_LABELS = {
     Health.DISCONNECTED: "Disconnected",
 }
 EXPIRED_UNRENEWABLE = "expired, and nothing stored can renew it"
-TYPE_LABELS = {"oidc": "OpenID Connect", "oauth2": "OAuth 2.0", "api_key": "API key"}
 
 
 NOW = bindparam("now", type_=UTCDateTime())
@@ -196,24 +194,7 @@ def positive_int(value: Any, default: int | None = None) -> int | None:
     return number if 0 < number < 2**31 else default
 
 
-# -- providers overview ------------------------------------------------------------------
-
-
-@dataclass
-class ProviderSummary:
-    """One provider row of the overview: its connections counted by health."""
-
-    key: str
-    title: str
-    type_label: str
-    configured: bool
-    is_oauth: bool = False
-    counts: Counter = field(default_factory=Counter)
-
-    @property
-    def total(self) -> int:
-        """All of this provider's connections."""
-        return sum(self.counts.values())
+# -- counts by health --------------------------------------------------------------------
 
 
 def health_counts(now: datetime | None = None) -> dict[str, Counter]:
@@ -243,36 +224,6 @@ def health_totals(now: datetime | None = None) -> Counter:
     for counts in health_counts(now).values():
         totals.update(counts)
     return totals
-
-
-def providers_overview(
-    registry: ProviderRegistry, now: datetime | None = None
-) -> tuple[list[ProviderSummary], Counter]:
-    """Every configured provider (file order), then any provider key only the data knows.
-
-    Returns the summaries and the totals over all providers.
-    """
-    counts = health_counts(now)
-    summaries = [
-        ProviderSummary(
-            key=provider.key,
-            title=provider.title,
-            type_label=TYPE_LABELS.get(provider.type, provider.type)
-            + (" client credentials" if provider.uses_client_credentials else ""),
-            configured=True,
-            is_oauth=provider.is_oauth,
-            counts=counts.get(provider.key, Counter()),
-        )
-        for provider in registry
-    ]
-    for key in sorted(set(counts) - {provider.key for provider in registry}):
-        summaries.append(
-            ProviderSummary(key, key, "not in the providers file", False, counts=counts[key])
-        )
-    totals: Counter = Counter()
-    for summary in summaries:
-        totals.update(summary.counts)
-    return summaries, totals
 
 
 # -- connections list --------------------------------------------------------------------

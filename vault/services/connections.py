@@ -24,7 +24,8 @@ from vault.grants import (
 from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
 from vault.oauth import tokens
 from vault.oauth.errors import GrantRejected, ProviderFailure
-from vault.oauth.tokens import NewTokens, lifetime_end
+from vault.oauth.lifetimes import lifetime_end
+from vault.oauth.tokens import NewTokens
 from vault.providers.registry import Provider
 from vault.redact import redact_known
 from vault.tokens.store import DecryptionError, token_vault

@@ -1,12 +1,23 @@
-"""Token health: what expires soon, what needs a person, what is failing, and under which key."""
+"""Token health: what expires soon, what needs a person, what is failing, and under which key;
+and ``/healthz``, the liveness check for load balancers and orchestrators."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
+from sqlalchemy import text
 
 from vault.audit import StaffActor
-from vault.extensions import limiter
+from vault.extensions import db, limiter
 from vault.models import utcnow
 from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
 from vault.queries.health import expiry_buckets, key_id_counts, needing_attention
@@ -15,7 +26,7 @@ from vault.tokens.store import token_vault
 from vault.web.chart import expiry_chart
 from vault.web.security import admin_required, signed_in_user_key
 
-bp = Blueprint("health", __name__, url_prefix="/health")
+bp = Blueprint("health", __name__)
 LISTED = 10  # per section; the section links to the filtered connections list for the rest
 BATCH_LIMIT = "3 per minute"
 BATCH_WINDOWS = {3600: "1 hour", 6 * 3600: "6 hours", 24 * 3600: "24 hours"}
@@ -29,7 +40,7 @@ def _windows() -> dict[int, str]:
     return {buffer: label, **{s: t for s, t in BATCH_WINDOWS.items() if s != buffer}}
 
 
-@bp.get("")
+@bp.get("/health")
 def index():
     """Summary counts, the three lists that need attention, key ids and the expiry chart."""
     now = utcnow()
@@ -51,7 +62,7 @@ def index():
     )
 
 
-@bp.post("/refresh-due")
+@bp.post("/health/refresh-due")
 @admin_required
 @limiter.limit(BATCH_LIMIT, key_func=signed_in_user_key)
 def refresh_expiring():
@@ -67,3 +78,16 @@ def refresh_expiring():
     flash(f"Refresh of everything expiring within {windows[within].split(' (')[0]}: "
           f"{summary.line()}", category)
     return redirect(url_for("health.index"))
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the process answers and the database responds. Never any secret."""
+    try:
+        db.session.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception:  # noqa: BLE001 - any database failure means "not healthy"
+        current_app.logger.warning("healthz: database check failed", exc_info=True)
+        database = "unavailable"
+    status = 200 if database == "ok" else 503
+    return jsonify(status="ok" if status == 200 else "degraded", database=database), status

@@ -45,7 +45,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # The connect blueprint's OAuth callback must be its view ``callback``.
 PUBLIC_ENDPOINTS = frozenset({
     "static",
-    "main.healthz",
+    "health.healthz",
     "auth.login",
     "auth.sso_start",
     "auth.sso_callback",
