@@ -197,7 +197,7 @@ def runner(app):
     return app.test_cli_runner()
 
 
-# -- staff users and signed-in clients (tests/builders.py has the builders) ------------------
+# -- staff users and signed-in clients (tests/support/builders.py has the builders) ------------------
 
 
 @pytest.fixture

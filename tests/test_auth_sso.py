@@ -1,6 +1,6 @@
 """Staff single sign-on against a strict OpenID Connect stand-in on loopback (real HTTP).
 
-The stand-in (``tests/oidc_stub.py``) checks client authentication, the exact redirect URI,
+The stand-in (``tests/support/oidc_stub.py``) checks client authentication, the exact redirect URI,
 PKCE S256 and one-time codes, and signs real ID tokens; each test makes it misbehave in one way.
 """
 

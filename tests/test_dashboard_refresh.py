@@ -1,5 +1,5 @@
 """The connection page's Refresh button: POST /connections/<id>/refresh, over real HTTP to
-tests/provider_stub.py, each outcome told as a flash message on the detail page."""
+tests/support/provider_stub.py, each outcome told as a flash message on the detail page."""
 
 from __future__ import annotations
 

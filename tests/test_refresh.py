@@ -1,4 +1,4 @@
-"""The refresh engine (vault/refresh.py) against a real HTTP token endpoint, on both backends."""
+"""The refresh engine (vault/refresh/engine.py) against a real HTTP token endpoint, on both backends."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Every dashboard page in headless Chromium: sign in, look, filter, page, refresh.
 
 Each page is saved as test-artifacts/dashboard-*.png and checked with axe-core (no serious or
-critical violations). The refresh goes over real HTTP to tests/provider_stub.py.
+critical violations). The refresh goes over real HTTP to tests/support/provider_stub.py.
 """
 
 from __future__ import annotations

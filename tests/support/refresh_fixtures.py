@@ -28,7 +28,7 @@ OLD_ACCESS_TOKEN = "at-0-old-access-token-value"
 
 @pytest.fixture
 def stub():
-    """A running provider stand-in (see tests/provider_stub.py)."""
+    """A running provider stand-in (see tests/support/provider_stub.py)."""
     with ProviderStub() as provider:
         yield provider
 

@@ -24,12 +24,12 @@ the same in SQL (dashboard counts and lists, ``refresh-due``'s claim); the test 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from sqlalchemy import ColumnElement, and_, bindparam, or_
+from sqlalchemy import ColumnElement, and_, bindparam, exists, or_
 
 from vault.models import ConnectionStatus, TokenKind
 from vault.oauth import tokens
@@ -45,6 +45,7 @@ __all__ = [
     "NoGrant",
     "NotRefreshable",
     "RefreshTokenGrant",
+    "StoredRows",
     "StoredValues",
     "due_at",
     "grant_for",
@@ -233,7 +234,7 @@ class GrantProviders:
         )
 
     def params(self) -> dict[str, list[str]]:
-        """Values for the bound parameters of :func:`renewable_clause` with ``bound=True``."""
+        """Values for the bound parameters of :func:`renewable_clause` without ``providers``."""
         return {
             "oauth_providers": self.oauth,
             "client_credentials_providers": self.client_credentials,
@@ -241,47 +242,88 @@ class GrantProviders:
         }
 
 
+class StoredRows:
+    """How a SQL statement sees a connection's token rows, for :func:`renewable_clause`.
+
+    Two physical forms of the same logic: :meth:`joined` for a statement that outer-joins a
+    ``tokens`` alias per kind (the dashboard, which shows their columns and aggregates over
+    every connection with hash joins), :meth:`correlated` for one that only filters (the
+    ``refresh-due`` claim, which walks the access tokens by expiry and looks the other kinds
+    up per row, a plan that stays cheap whatever the table's statistics say).
+    """
+
+    def __init__(self, has: Callable[[TokenKind, Callable[[Any], list[Any]]], Any]):
+        self._has = has
+
+    @classmethod
+    def joined(cls, aliases: dict[TokenKind, Any]) -> StoredRows:
+        """Outer-joined aliases by kind: a row is there when its ``connection_id`` is."""
+
+        def has(kind: TokenKind, conditions: Callable[[Any], list[Any]]) -> Any:
+            alias = aliases[kind]
+            return and_(alias.c.connection_id.is_not(None), *conditions(alias))
+
+        return cls(has)
+
+    @classmethod
+    def correlated(cls, connections: Any, tokens: Any) -> StoredRows:
+        """``EXISTS`` subqueries on ``tokens``, correlated to ``connections``."""
+
+        def has(kind: TokenKind, conditions: Callable[[Any], list[Any]]) -> Any:
+            row = tokens.alias(f"stored_{kind.value}")
+            return exists().where(
+                row.c.connection_id == connections.c.id,
+                row.c.kind == kind.value,
+                *conditions(row),
+            )
+
+        return cls(has)
+
+    def has(self, kind: TokenKind, conditions: Callable[[Any], list[Any]] = lambda row: []) -> Any:
+        """True where the connection has a row of ``kind`` meeting ``conditions``."""
+        return self._has(kind, conditions)
+
+
 def renewable_clause(
     connections: Any,
-    refresh: Any,
-    api_key: Any,
-    api_secret: Any,
+    stored: StoredRows,
     *,
     now: Any,
     providers: GrantProviders | None = None,
 ) -> ColumnElement[bool]:
     """:func:`grant_for`'s answer as SQL: true where the connection can be renewed.
 
-    ``connections`` is the connections table (or an alias); ``refresh``, ``api_key`` and
-    ``api_secret`` are ``tokens`` aliases outer-joined on the connection and kind. ``now``
-    is a datetime or a bound parameter. With ``providers`` the provider lists are inlined;
-    without, they are the expanding bound parameters of :meth:`GrantProviders.params`, so
-    that a statement built once serves every providers file.
+    ``connections`` is the connections table (or an alias), ``stored`` how the statement
+    sees its token rows. ``now`` is a datetime or a bound parameter. With ``providers`` the
+    provider lists are inlined; without, they are the expanding bound parameters of
+    :meth:`GrantProviders.params`, so that a statement built once serves every providers
+    file.
     """
+
     def keys(name: str) -> Any:
         # Inlined lists, or an expanding bound parameter of the same name.
         if providers is None:
             return bindparam(name, expanding=True)
         return getattr(providers, name.removesuffix("_providers"))
 
-    has_refresh = refresh.c.connection_id.is_not(None)
+    def usable(row: Any) -> list[Any]:
+        return [row.c.is_valid.is_(True), or_(row.c.expires_at.is_(None), row.c.expires_at > now)]
+
     return and_(
         connections.c.status.not_in(_GONE),
         or_(
             and_(
                 connections.c.provider.in_(keys("oauth_providers")),
-                has_refresh,
-                refresh.c.is_valid.is_(True),
-                or_(refresh.c.expires_at.is_(None), refresh.c.expires_at > now),
+                stored.has(TokenKind.REFRESH, usable),
             ),
             and_(
                 connections.c.provider.in_(keys("client_credentials_providers")),
-                ~has_refresh,
+                ~stored.has(TokenKind.REFRESH),
             ),
             and_(
                 connections.c.provider.in_(keys("key_exchange_providers")),
-                api_key.c.connection_id.is_not(None),
-                api_secret.c.connection_id.is_not(None),
+                stored.has(TokenKind.API_KEY),
+                stored.has(TokenKind.API_SECRET),
             ),
         ),
     )

@@ -28,8 +28,8 @@ from flask import current_app
 from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 
 from vault.extensions import db
-from vault.grants import GrantProviders, renewable_clause
-from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
+from vault.grants import GrantProviders, StoredRows, renewable_clause
+from vault.models import Connection, ConnectionStatus, Token, TokenKind, UTCDateTime, utcnow
 
 PAGE_SIZE = 50
 SOON = timedelta(hours=24)
@@ -111,9 +111,12 @@ class _Source:
         self.health = self._health()
 
     def _renewable(self):
-        return renewable_clause(
-            Connection.__table__, self.refresh, self.api_key, self.api_secret, now=NOW
-        )
+        stored = StoredRows.joined({
+            TokenKind.REFRESH: self.refresh,
+            TokenKind.API_KEY: self.api_key,
+            TokenKind.API_SECRET: self.api_secret,
+        })
+        return renewable_clause(Connection.__table__, stored, now=NOW)
 
     def _health(self):
         status = Connection.status

@@ -23,8 +23,8 @@ from flask import current_app
 from sqlalchemy import Select, and_, func, or_, select
 
 from vault.extensions import db
-from vault.grants import GrantProviders, renewable_clause
-from vault.models import Connection, Token, TokenKind
+from vault.grants import GrantProviders, StoredRows, renewable_clause
+from vault.models import Connection, Token
 from vault.refresh.engine import Actor, Outcome, RefreshEngine, RefreshResult
 from vault.tokens.store import token_vault
 
@@ -101,20 +101,15 @@ def due_statement(within: timedelta | int, now: datetime | None = None) -> Selec
     if not isinstance(within, timedelta):
         within = timedelta(seconds=within)
     now = now or token_vault.clock()
-    connections = Connection.__table__
-    access, refresh, api_key, api_secret = (
-        Token.__table__.alias(kind.value)
-        for kind in (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)
-    )
+    connections, tokens = Connection.__table__, Token.__table__
+    access = tokens.alias("access")
     statement = select(Connection).join(
         access, and_(access.c.connection_id == Connection.id, access.c.kind == access.name)
     )
-    for alias in (refresh, api_key, api_secret):
-        statement = statement.outerjoin(
-            alias, and_(alias.c.connection_id == Connection.id, alias.c.kind == alias.name)
-        )
     renewable = renewable_clause(
-        connections, refresh, api_key, api_secret, now=now,
+        connections,
+        StoredRows.correlated(connections, tokens),
+        now=now,
         providers=GrantProviders.of(current_app.extensions["providers"]),
     )
     return (
