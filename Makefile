@@ -20,7 +20,7 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	touch $@
 
 run: $(VENV)/.runtime-installed
-	$(BIN)/python -m vault.devenv
+	$(BIN)/python -m vault.devenv --base-url http://$(HOST):$(PORT)
 	$(FLASK) db upgrade
 	$(FLASK) users create-first-admin
 	$(FLASK) run --host $(HOST) --port $(PORT)

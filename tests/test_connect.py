@@ -156,6 +156,30 @@ def test_reconnecting_the_same_account_replaces_tokens_without_duplicating(admin
     assert count(db, Token) == 3
 
 
+def test_a_reconnect_without_a_new_refresh_token_keeps_a_good_one(admin_client, stub, db):
+    connect(admin_client, stub)
+    kept = stub.issued[-1]["refresh_token"]
+    stub.behaviour.omit_refresh_token = True
+    connect(admin_client, stub)
+    connection = db.session.scalars(select(Connection)).one()
+    assert token_vault.get(connection, "refresh") == kept
+
+
+def test_a_reconnect_drops_a_refused_refresh_token_and_says_so(admin_client, stub, db):
+    connect(admin_client, stub)
+    connection = db.session.scalars(select(Connection)).one()
+    token_vault.mark_invalid(connection, "invalid_grant: revoked")  # a refused refresh
+    db.session.commit()
+    stub.behaviour.omit_refresh_token = True
+    response = connect(admin_client, stub)
+    page = admin_client.get(response.headers["Location"]).get_data(as_text=True)
+    db.session.expire_all()
+    assert token_vault.token(connection, "refresh") is None
+    # Not "the provider refused the refresh token; connect again": that was just done.
+    assert "No refresh token — reconnect with consent" in page
+    assert "the provider refused the refresh token" not in page
+
+
 def test_no_refresh_token_is_saved_but_flagged(admin_client, stub, db):
     stub.behaviour.omit_refresh_token = True
     response = connect(admin_client, stub)
@@ -377,6 +401,15 @@ def test_whatsapp_token_keeps_its_optional_expiry(admin_client, db):
     assert response.status_code == 302
     connection = db.session.scalars(select(Connection)).one()
     assert token_vault.token(connection, "api_key").expires_at.isoformat() == "2027-01-31T00:00:00+00:00"
+
+
+def test_an_account_name_with_a_bidi_override_is_refused(admin_client, db):
+    data = {"label": "Main \u202eenil", "api_key": "vc-0123456789-abcdef-WXYZ",
+            "csrf_token": csrf_token(admin_client, "/")}
+    response = admin_client.post("/connect/voicenter/credentials", data=data)
+    assert response.status_code == 400
+    assert "control or formatting characters" in response.get_data(as_text=True)
+    assert count(db, Connection) == 0
 
 
 def test_duplicate_credentials_name_is_refused_cleanly(admin_client, db):

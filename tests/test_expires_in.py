@@ -51,6 +51,7 @@ OMITTED = "omitted"
         (False, UNKNOWN),
         (1e30, UNKNOWN),  # beyond any date
         (10**30, UNKNOWN),
+        (10**400, UNKNOWN),  # a JSON integer float() cannot hold
         (float("nan"), UNKNOWN),
         (float("inf"), UNKNOWN),
         (float("-inf"), UNKNOWN),

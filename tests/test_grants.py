@@ -47,6 +47,8 @@ MATRIX = [
     ("key exchange",             "key_exchange",       None,                                  200),
     ("API secret, no token_url", NONE,                 "its API key is used as it is",        503),
     ("client credentials",       "client_credentials", None,                                  200),
+    ("client credentials, rt",   "refresh_token",      None,                                  200),
+    ("client credentials, spent rt", "client_credentials", None,                              200),
     ("provider removed",         NONE,                 "provider retired is no longer in",    503),
     ("disconnected",             NONE,                 "the connection is disconnected",      503),
 ]
@@ -72,6 +74,9 @@ RECIPES = {
     "API secret, no token_url": ("keyonly", "active", {"access": -HOUR, "api_key": None,
                                                        "api_secret": None}),
     "client credentials": ("machine", "active", {"access": -HOUR}),
+    # a usable refresh token goes first; an expired one gives way to the client secret
+    "client credentials, rt": ("machine", "active", {"access": -HOUR, "refresh": None}),
+    "client credentials, spent rt": ("machine", "active", {"access": -HOUR, "refresh": -60}),
     "provider removed": ("retired", "active", {"access": -HOUR, "refresh": None}),
     # tokens kept (a disconnect deletes them), so that only the status rules it out
     "disconnected": ("acme", "disconnected", {"access": -HOUR, "refresh": None}),
@@ -293,10 +298,12 @@ def test_f_token_api_on_an_expired_token(vault_app, db, stub, client):
         body = response.json
         if response.status_code == 200:
             assert body["access_token"] == stub.issued_access_tokens[-1], kind
+        elif kind == "provider removed":  # refused before any grant is asked for
+            assert body["error"] == "provider_not_configured", body  # tests/test_api_abuse.py
         else:
             error = "needs_reconnect" if response.status_code == 409 else "token_unavailable"
             assert body["error"] == error and body["message"], (kind, body)
-    assert statuses == API_STATUS
+    assert statuses == {**API_STATUS, "provider removed": 409}
     assert asked == {kind: int(renewable) for kind, renewable in RENEWABLE.items()}
 
 

@@ -212,6 +212,16 @@ def test_backoff_grows_exponentially_up_to_the_cap(vault_app, db, stub):
     assert load(connection_id).failure_count == 4
 
 
+@both_backends
+def test_a_retry_after_beyond_any_date_waits_the_back_off_cap(vault_app, db, stub):
+    vault_app.config["VAULT_REFRESH_BACKOFF_CAP_SECONDS"] = 3600
+    connection_id = make_connection(stub, expires_in=60)
+    stub.fail_next(429, {"error": "rate_limited"}, {"Retry-After": "999999999999"})
+    result = refresh_now(load(connection_id), "system")
+    assert result.outcome is Outcome.FAILED
+    assert timedelta(seconds=3590) < result.retry_at - utcnow() <= timedelta(seconds=3600)
+
+
 @postgresql_only
 def test_429_retry_after_is_honoured(vault_app, db, stub):
     connection_id = make_connection(stub, expires_in=60)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, select, text
 
+from tests.support.gunicorn import Gunicorn, free_port
 from tests.support.provider_stub import ProviderStub
 from vault import PROJECT_ROOT, create_app
 from vault.extensions import db
@@ -39,12 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 CONNECTIONS = 5
 CYCLES = 200
 OUTAGE_AT = CYCLES // 2
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _unavailable(reason: str):
@@ -88,7 +81,7 @@ def cluster():
     data = os.path.join(base, "data")
     subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", data, "-U", "postgres",
                     "--auth=trust", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-    port = _free_port()
+    port = free_port()
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
     control = [*as_postgres, f"{bindir}/pg_ctl", "-D", data, "-l", f"{base}/log", "-w",
                "-o", options]
@@ -146,33 +139,10 @@ def _prepare(env, stub) -> tuple[object, str, list[int]]:
     return app, key, ids
 
 
-class Gunicorn:
-    def __init__(self, env):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4",
-             "--bind", f"127.0.0.1:{self.port}", "--timeout", "60", "app:app"],
-            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise RuntimeError("gunicorn did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
 def test_two_instances_and_two_cron_runs_share_one_database(environment, cluster):
     env, stub = environment
     app, key, ids = _prepare(env, stub)
-    instances = [Gunicorn(env), Gunicorn(env)]
+    instances = [Gunicorn(env, threads=4), Gunicorn(env, threads=4)]
     engine = create_engine(cluster.url, pool_pre_ping=True)
     stop = threading.Event()
     cron_exits: list[int] = []

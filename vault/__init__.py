@@ -95,7 +95,11 @@ def register_oauth(app: Flask) -> None:
 
 
 def register_security(app: Flask) -> None:
-    """Sign-in required everywhere, CSRF and cross-site checks, security headers, cookies."""
+    """Sign-in required everywhere, CSRF and cross-site checks, hostile input refused,
+    security headers, cookies, error pages (the outage page too).
+
+    Before the blueprints: their ``<int:...>`` routes take the app's id converter.
+    """
     from vault.web.security import init_security
 
     init_security(app)

@@ -32,6 +32,12 @@ MAX_REFRESH_CONCURRENCY = 64
 # A refresh waiting for another's row lock must outlast the holder's provider call, which is
 # bounded by VAULT_PROVIDER_TIMEOUT_SECONDS; this margin covers the holder's database work.
 LOCK_TIMEOUT_MARGIN_SECONDS = 5
+# The largest request body read: every form here is a few kilobytes. A bigger one is refused
+# with 413 from its Content-Length, before anything reads it.
+MAX_REQUEST_BYTES = 1024 * 1024
+# Host names answered besides VAULT_BASE_URL's, so health probes and a shell on the host
+# itself (curl http://127.0.0.1:5000/healthz) keep working.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 
 # Every variable read from the environment, with its default: the one place a default is
 # written. None means no fixed default: unset (secrets, VAULT_BASE_URL) or worked out in
@@ -95,6 +101,7 @@ def load_config(
     lock_timeout = given("VAULT_REFRESH_LOCK_TIMEOUT_SECONDS")
     if lock_timeout is None:
         lock_timeout = provider_timeout + LOCK_TIMEOUT_MARGIN_SECONDS
+    base_url = _base_url(setting("VAULT_BASE_URL"))
     config: dict[str, Any] = {
         "SECRET_KEY": _secret(setting("SECRET_KEY"), "SECRET_KEY"),
         "ENCRYPTION_SECRET": _secret(setting("ENCRYPTION_SECRET"), "ENCRYPTION_SECRET"),
@@ -112,7 +119,9 @@ def load_config(
         "VAULT_SESSION_MAX_HOURS": integer("VAULT_SESSION_MAX_HOURS", 1),
         # Flask-Limiter reads its storage from this key.
         "RATELIMIT_STORAGE_URI": _ratelimit_storage(setting("VAULT_RATELIMIT_STORAGE_URI")),
-        "VAULT_BASE_URL": _base_url(setting("VAULT_BASE_URL")),
+        "VAULT_BASE_URL": base_url,
+        # Flask refuses (400) a request whose Host is not one of these; None answers any.
+        "TRUSTED_HOSTS": _trusted_hosts(base_url),
         "VAULT_TRUSTED_PROXIES": integer("VAULT_TRUSTED_PROXIES", 0),
         "VAULT_PROVIDER_TIMEOUT_SECONDS": provider_timeout,
         "VAULT_REFRESH_BACKOFF_BASE_SECONDS": integer("VAULT_REFRESH_BACKOFF_BASE_SECONDS", 1),
@@ -122,6 +131,7 @@ def load_config(
         ),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
+        "MAX_CONTENT_LENGTH": MAX_REQUEST_BYTES,
     }
     # Anything else a caller passes (TESTING, SERVER_NAME, ...) goes through untouched.
     for key, value in overrides.items():
@@ -199,6 +209,15 @@ def _base_url(value: Any) -> str | None:
             f"VAULT_BASE_URL must look like https://vault.example.com, got {value!r}"
         )
     return str(value).rstrip("/")
+
+
+def _trusted_hosts(base_url: str | None) -> list[str] | None:
+    # With a base URL, absolute URLs and redirect URIs never follow a Host header an attacker
+    # chose: only the base URL's host (any port) and the loopback names are answered.
+    hostname = urlsplit(base_url).hostname if base_url else None
+    if not hostname or ":" in hostname:
+        return None  # Werkzeug cannot match an IPv6 literal against a trusted name
+    return [hostname, *(host for host in LOOPBACK_HOSTS if host != hostname)]
 
 
 def database_url(value: str) -> str:

@@ -70,7 +70,7 @@ class _Key:
         # HKDF-SHA256-Expand (RFC 5869) for a 32-byte output is a single block,
         # T(1) = HMAC(master, info | 0x01), with info = label | salt. The master key is already
         # uniformly random (scrypt output), so the extract step is skipped as section 3.3
-        # allows; the per-value salt goes in the info. The standard-library HMAC is keyed
+        # allows; the per-value salt goes in the info. The HMAC is keyed
         # and fed the constant label once here; each value then copies that state and adds
         # only salt | 0x01, so no per-value HMAC set-up is paid. cryptography's HMAC, not the
         # standard library's: its copy is a bare OpenSSL state copy (about 1.1 µs here

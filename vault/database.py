@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.engine import URL
 
 from vault.extensions import db
 
+# The SQLite database holds every encrypted token and the staff password hashes: owner only.
+SQLITE_FILE_MODE = 0o600
+
 
 def configure_engine(app: Flask) -> None:
-    """SQLite: enforce foreign keys (cascades) and wait for locks instead of failing."""
+    """SQLite: a private database file; enforce foreign keys (cascades); wait for locks."""
     with app.app_context():
         engine = db.engine
     if engine.dialect.name != "sqlite":
         return
+    create_private_file(engine.url)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):
@@ -21,3 +29,18 @@ def configure_engine(app: Flask) -> None:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA busy_timeout = 10000")
         cursor.close()
+
+
+def create_private_file(url: URL) -> None:
+    """Create the SQLite database file readable by its owner only, before SQLite does.
+
+    SQLite would create it with the umask's mode (usually world-readable), and gives its
+    journal and WAL files the database file's mode. An existing file is left as it is, and
+    so are in-memory databases, ``file:`` URIs and a folder that does not exist (SQLite then
+    reports that it cannot open the file, as before).
+    """
+    path = url.database
+    if not path or path == ":memory:" or path.startswith("file:") or url.query.get("uri"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE))

@@ -262,3 +262,22 @@ class OAuthState(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ThrottleCounter(Base):
+    """One fixed-window counter of the database throttle (``vault/services/throttle.py``).
+
+    Counted here rather than in process memory so that every worker and every instance sees
+    the same count. ``key`` is a keyed hash of what is counted (an e-mail address, a client
+    address, a device), never the thing itself; ``scope`` names the allowance, for operators.
+    """
+
+    __tablename__ = "throttle_counters"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    hits: Mapped[int] = mapped_column(Integer)
+    window_ends_at: Mapped[datetime] = mapped_column(index=True)
+
+    def __repr__(self) -> str:
+        return f"<ThrottleCounter {self.scope} {self.hits} until {self.window_ends_at}>"

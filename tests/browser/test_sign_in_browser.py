@@ -24,9 +24,10 @@ def test_staff_sign_in_and_out_in_a_real_browser(live_server, page, screenshot):
     assert "viewer@example.com" in account.inner_text()
     assert "viewer" in account.inner_text()
     screenshot("sign-in-landing")
-    [cookie] = page.context.cookies()
-    assert cookie["name"] == "__Host-session"
-    assert (cookie["secure"], cookie["httpOnly"], cookie["sameSite"]) == (True, True, "Lax")
+    cookies = {cookie["name"]: cookie for cookie in page.context.cookies()}
+    assert set(cookies) == {"__Host-session", "__Host-device"}  # the device: sign-in throttling
+    for cookie in cookies.values():
+        assert (cookie["secure"], cookie["httpOnly"], cookie["sameSite"]) == (True, True, "Lax")
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{live_server.url}/login")

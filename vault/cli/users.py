@@ -17,8 +17,6 @@ from vault.services import accounts
 ROLE_CHOICE = click.Choice([role.value for role in Role])
 
 
-
-
 @contextmanager
 def _reported_as_usage_errors() -> Iterator[None]:
     # An account the command cannot create or change: say why in one line, exit status 1.
@@ -92,7 +90,7 @@ def set_role_command(email: str, role: str) -> None:
 @click.argument("email")
 @with_appcontext
 def disable_user_command(email: str) -> None:
-    """Disable a staff account; its sessions end at their next request."""
+    """Disable a staff account; its sessions end for good (enabling does not revive them)."""
     _set_enabled(email, enabled=False)
 
 
@@ -102,6 +100,21 @@ def disable_user_command(email: str) -> None:
 def enable_user_command(email: str) -> None:
     """Enable a disabled staff account again."""
     _set_enabled(email, enabled=True)
+
+
+@click.command("reset-password")
+@click.argument("email")
+@with_appcontext
+def reset_password_command(email: str) -> None:
+    """Give an account a one-time password and end its sessions; printed once."""
+    with _reported_as_usage_errors():
+        user, password = accounts.reset_password(email)
+    audit.record("user.password_reset", target=user.email, actor="cli")
+    db.session.commit()
+    click.echo(f"Reset the password of {user.email}; every session of the account has ended.")
+    if not user.enabled:
+        click.echo("The account is disabled: enable it to let them sign in.")
+    click.echo(f"  password: {password}   (one-time: it must be changed after signing in)")
 
 
 def _set_enabled(email: str, *, enabled: bool) -> None:
@@ -123,4 +136,5 @@ COMMANDS = [
     set_role_command,
     disable_user_command,
     enable_user_command,
+    reset_password_command,
 ]

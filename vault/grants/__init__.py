@@ -8,8 +8,8 @@ grant                  renewable when
 =====================  =================================================================
 refresh token          an OAuth connection with a stored refresh token that the provider
                        has not refused and that has not expired
-client credentials     an OAuth provider with ``grant_type = "client_credentials"`` and no
-                       stored refresh token (a stored one takes precedence)
+client credentials     an OAuth provider with ``grant_type = "client_credentials"``, when no
+                       usable refresh token is stored (a usable one takes precedence)
 key exchange           an API-key provider with a ``token_url`` (GreenInvoice) and both the
                        key and its secret stored
 none                   anything else: the connection says why, has no Refresh button and
@@ -183,21 +183,26 @@ def grant_for(
     if provider is None:
         return NoGrant(f"provider {provider_key} is no longer in the providers file")
     if provider.is_oauth:
-        if stored.has(TokenKind.REFRESH):
-            if not stored.refresh_token_valid:
-                return NoGrant("the provider refused the refresh token; connect the account "
-                               "again", True)
-            expires = stored.refresh_token_expires_at
-            if expires is not None and expires <= now:
-                return NoGrant(f"the refresh token expired {expires:%Y-%m-%d %H:%M} UTC; "
-                               "connect the account again", True)
+        refused = _refresh_token_refusal(stored, now) if stored.has(TokenKind.REFRESH) else None
+        if stored.has(TokenKind.REFRESH) and refused is None:
             return RefreshTokenGrant()
         if provider.uses_client_credentials:
-            return ClientCredentialsGrant()
-        return NoGrant("no refresh token is stored; connect the account again", True)
+            return ClientCredentialsGrant()  # the client secret needs no refresh token
+        return refused or NoGrant("no refresh token is stored; connect the account again", True)
     if provider.token_url and stored.has(TokenKind.API_KEY) and stored.has(TokenKind.API_SECRET):
         return KeyExchangeGrant()
     return NoGrant("its API key is used as it is; replace the credentials when they change")
+
+
+def _refresh_token_refusal(stored: StoredValues, now: datetime) -> NoGrant | None:
+    """Why the stored refresh token cannot be used, or None when it can."""
+    if not stored.refresh_token_valid:
+        return NoGrant("the provider refused the refresh token; connect the account again", True)
+    expires = stored.refresh_token_expires_at
+    if expires is not None and expires <= now:
+        return NoGrant(f"the refresh token expired {expires:%Y-%m-%d %H:%M} UTC; connect the "
+                       "account again", True)
+    return None
 
 
 def due_at(
@@ -316,10 +321,9 @@ def renewable_clause(
                 connections.c.provider.in_(keys("oauth_providers")),
                 stored.has(TokenKind.REFRESH, usable),
             ),
-            and_(
-                connections.c.provider.in_(keys("client_credentials_providers")),
-                ~stored.has(TokenKind.REFRESH),
-            ),
+            # A usable refresh token goes first (the branch above); without one, the client
+            # secret gets a token.
+            connections.c.provider.in_(keys("client_credentials_providers")),
             and_(
                 connections.c.provider.in_(keys("key_exchange_providers")),
                 stored.has(TokenKind.API_KEY),

@@ -9,6 +9,7 @@ its claims from the userinfo endpoint: the one identity step of every flow.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from vault.oauth.clients import ProviderClient
 from vault.oauth.discovery import server_metadata
 from vault.oauth.errors import ProviderFailure
 from vault.oauth.tokens import fetch_userinfo
-from vault.providers.registry import Provider
+from vault.redact import redact_known
 
 # Errors from the code exchange and the id_token checks that mean "this answer is unusable".
 _UNVERIFIABLE = (AuthlibBaseError, JoseError, ValueError, KeyError)
@@ -66,7 +67,7 @@ def complete(client: ProviderClient) -> Authorization:
     """
     provider = client.provider
     try:
-        issuer = _check_authorization_response(provider)
+        issuer = _check_authorization_response(client)
     except IdentityError:
         discard_state(client)
         raise
@@ -79,8 +80,10 @@ def complete(client: ProviderClient) -> Authorization:
         raise IdentityError("This answer does not belong to a request started here, or it "
                             "was already used. Start again.") from None
     except OAuthError as error:
-        raise IdentityError(f"{provider.title} refused to issue tokens: "
-                            f"{provider_error_text(error.error, error.description)}") from None
+        # The token endpoint's own words, minus anything it echoed of what it was sent.
+        said = redact_known(provider_error_text(error.error, error.description),
+                            [provider.client_secret or "", request.args.get("code") or ""])
+        raise IdentityError(f"{provider.title} refused to issue tokens: {said}") from None
     except ProviderFailure as error:
         raise IdentityError(f"{provider.title} could not complete the request: {error}.",
                             502) from None
@@ -94,6 +97,12 @@ def complete(client: ProviderClient) -> Authorization:
     except requests.RequestException as error:
         raise IdentityError(f"{provider.title} could not be reached ({type(error).__name__}).",
                             502) from None
+    except RuntimeError as error:
+        # Authlib's word for metadata it needs and lacks, e.g. no "jwks_uri" to check an
+        # id_token's signature against: the provider's configuration, not this answer.
+        current_app.logger.warning("%s: %s", provider.key, error)
+        raise IdentityError(f"{provider.title}'s metadata lacks what is needed to verify its "
+                            "answer (no signing keys); check the providers file.", 502) from None
     except _UNVERIFIABLE as error:
         current_app.logger.warning("%s: the answer failed verification: %s",
                                    provider.key, type(error).__name__)
@@ -102,13 +111,19 @@ def complete(client: ProviderClient) -> Authorization:
     return Authorization(token=dict(token), claims=claims)
 
 
-def _check_authorization_response(provider: Provider) -> str | None:
+def _check_authorization_response(client: ProviderClient) -> str | None:
     """Provider errors, a missing state or code, and RFC 9207 ``iss``, before any exchange.
 
     Returns the provider's issuer identifier (None for plain OAuth 2.0 without one).
     """
+    provider = client.provider
     error = request.args.get("error")
     if error:
+        if not _started_in_this_browser(client):
+            # Anyone can send a browser here with an "error_description" of their choosing
+            # ("call this number..."): the provider's words are shown only for a flow this
+            # browser started, where they really are the provider's answer.
+            raise IdentityError(f"{provider.title} did not grant access. Start again.")
         raise IdentityError(f"{provider.title} did not grant access: "
                             f"{provider_error_text(error, request.args.get('error_description'))}")
     if not request.args.get("state"):
@@ -171,6 +186,21 @@ def provider_error_text(error: str | None, description: str | None) -> str:
     if description:
         text += f" — {description}"
     return text[:300]
+
+
+def _started_in_this_browser(client: ProviderClient) -> bool:
+    """Whether this browser's session holds the marker of the answer's state.
+
+    Authlib keeps one per flow in the Flask session, ``_state_<client name>_<state>`` with its
+    expiry (``exp``); the flow's data itself is in ``oauth_states``, which reading would
+    consume, so the marker is looked at directly.
+    """
+    state = request.args.get("state")
+    marker = session.get(f"_state_{client.name}_{state}") if state else None
+    if not isinstance(marker, dict):
+        return False
+    expires = marker.get("exp")
+    return isinstance(expires, int | float) and expires > time.time()
 
 
 def discard_state(client: ProviderClient) -> None:

@@ -22,7 +22,7 @@ def lifetime_seconds(value: object) -> int | None:
         return None
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # "soon"; a 400-digit integer
         return None
     if not math.isfinite(number) or number <= 0 or number > LONGEST_LIFETIME_SECONDS:
         return None

@@ -308,7 +308,8 @@ class RefreshEngine:
         cap = config["VAULT_REFRESH_BACKOFF_CAP_SECONDS"]
         delay = min(cap, base * 2**failures)
         if error.retry_after is not None:
-            delay = max(delay, error.retry_after)
+            # The provider's hint, but never beyond the operator's cap (nor a date overflow).
+            delay = min(cap, max(delay, error.retry_after))
         retry_at = token_vault.clock() + timedelta(seconds=delay)
         connection.failure_count = failures + 1
         connection.last_error = sanitize_error(reason)

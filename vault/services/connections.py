@@ -6,6 +6,7 @@ way leaves nothing half-written.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,6 +102,11 @@ def record_grant(
             connection, TokenKind.REFRESH, token["refresh_token"],
             expires_at=lifetime_end(now, token.get("refresh_token_expires_in")),
         )
+    elif _spent_refresh_token(connection, provider, now):
+        # A refused or expired refresh token would keep the connection unrenewable after
+        # the very reconnect that was meant to fix it; the client-credentials grant needs
+        # none at all.
+        token_vault.delete(connection, [TokenKind.REFRESH])
     if token.get("id_token"):
         token_vault.store(connection, TokenKind.ID, token["id_token"])
     audit.record(
@@ -110,6 +116,15 @@ def record_grant(
         actor=user,
     )
     return connection, created
+
+
+def _spent_refresh_token(connection: Connection, provider: Provider, now: datetime) -> bool:
+    """Whether the stored refresh token can no longer renew anything (kept ones can)."""
+    stored = token_vault.token(connection, TokenKind.REFRESH)
+    if stored is None:
+        return False
+    expired = stored.expires_at is not None and stored.expires_at <= now
+    return provider.uses_client_credentials or not stored.is_valid or expired
 
 
 def connect_client_credentials(provider: Provider, user: User) -> tuple[Connection, bool]:
@@ -168,6 +183,10 @@ def add_credentials(
     are not stored at all.
     """
     label = " ".join(label.split())
+    if any(unicodedata.category(character) in ("Cc", "Cf") for character in label):
+        # Bidi overrides and invisible characters would make the dashboard show one name
+        # and mean another.
+        raise ConnectError("The account name may not contain control or formatting characters.")
     exchanged = _exchange_credentials(provider, values)
     if connection is None:
         subject = label.lower()

@@ -8,6 +8,7 @@ that identifies it in lists without revealing it.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,12 +18,17 @@ from sqlalchemy import select, update
 from vault import audit
 from vault.extensions import db
 from vault.models import ServiceKey, utcnow
+from vault.services import throttle
 
 KEY_PREFIX = "tvk_"
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 # last_used_at is a hint for operators, not an audit record: writing it on every request
 # would add a row update to each token hand-out, so it moves at most once a minute.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# What a key's public prefix may look like: anything else presented is not shown in the audit.
+_PUBLIC_PREFIX = re.compile(
+    rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{{DISPLAY_PREFIX_LENGTH - len(KEY_PREFIX)}}}"
+)
 
 
 class ServiceKeyError(ValueError):
@@ -117,6 +123,50 @@ def authenticate(presented: str | None) -> AuthenticatedKey | None:
         return None
     _touch(row.id, row.last_used_at)
     return AuthenticatedKey(row.id, row.name, tuple(row.allowed_providers or ()))
+
+
+def refuse(presented: str | None, address: str | None) -> throttle.Reservation:
+    """Count a refused key against the client ``address``; audit it once per prefix and window.
+
+    For requests :func:`authenticate` turned away (no key, a malformed, unknown or revoked
+    one). Not granted: the address has used up its allowance of failures (nothing is
+    recorded then). The audit row, one per key prefix, address and window, names only the
+    key's public prefix, never the key; the caller commits it.
+    """
+    address = address or "unknown"
+    reservation = throttle.reserve((throttle.API_KEY_FAILURES_PER_ADDRESS, address))
+    if not reservation.granted:
+        return reservation
+    prefix = public_prefix(presented)
+    record = throttle.API_KEY_FAILURE_RECORD
+    if throttle.reserve((record, f"{prefix}\n{address}")).granted:
+        minutes = int(record.window.total_seconds() // 60)
+        audit.insert_now(
+            "service_key.refused", target=prefix, actor="anonymous", outcome="failure",
+            detail=f"{_refusal_reason(presented)}; further refusals of this prefix from this "
+            f"address are not recorded for {minutes} minutes",
+        )
+    return reservation
+
+
+def public_prefix(presented: str | None) -> str | None:
+    """The public prefix of a presented key (as ``service-keys list`` shows), if it has one."""
+    match = _PUBLIC_PREFIX.match(presented or "")
+    return match.group(0) if match else None
+
+
+def _refusal_reason(presented: str | None) -> str:
+    # Only on the failure path: the one extra lookup tells a revoked key from an unknown one.
+    if not presented:
+        return "no service key"
+    if public_prefix(presented) is None or len(presented) > 200:
+        return "not a service key"
+    name = db.session.scalar(
+        select(ServiceKey.name).where(
+            ServiceKey.key_hash == hash_key(presented), ServiceKey.revoked_at.is_not(None)
+        )
+    )
+    return "unknown key" if name is None else f"revoked key {name!r}"
 
 
 def _touch(key_id: int, last_used_at: datetime | None) -> None:

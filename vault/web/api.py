@@ -14,7 +14,8 @@ from datetime import datetime
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from sqlalchemy import and_, select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
@@ -38,7 +39,6 @@ def _is_service_api_request() -> bool:
     # every request of the token API's hot path.
     return request.blueprint == bp.name
 
-MAX_ID = 2**31 - 1  # ids beyond a 32-bit integer cannot exist (and would overflow a query)
 PROVIDER_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 OPEN_ENDPOINTS = frozenset({"api.openapi"})
 QUERY_PARAMETERS = {"api.list_connections": {"provider"}, "api.access_token": set()}
@@ -62,11 +62,11 @@ def authenticate_service_key() -> Response | None:
         # after which the request simply goes on in an ordinary transaction.
         db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    key = service_keys.authenticate(presented.strip()) if scheme.lower() == "bearer" else None
+    bearer = presented.strip() if scheme.lower() == "bearer" else None
+    # A valid key is never slowed down: the throttle is consulted for failures only.
+    key = service_keys.authenticate(bearer)
     if key is None:
-        response = _error(401, "unauthorized", "send a valid service key as a Bearer token")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="token-vault"'
-        return response
+        return _refused(bearer)
     g.service_key = key
     # A misspelt filter (?provder=...) must not silently widen the answer.
     allowed = QUERY_PARAMETERS.get(request.endpoint or "")
@@ -74,6 +74,23 @@ def authenticate_service_key() -> Response | None:
     if unknown:
         return _error(400, "unknown_parameter", f"unknown query parameter {unknown[0]!r}")
     return None
+
+
+def _refused(presented: str | None) -> Response:
+    """401 for a missing, unknown or revoked key; 429 once the address has failed too often."""
+    # The throttle takes a connection of its own: hand this request's back first, so a flood
+    # of bad keys never holds two pooled connections a request.
+    db.session.close()
+    reservation = service_keys.refuse(presented, request.remote_addr)
+    db.session.commit()  # the aggregated audit row, if this refusal wrote one
+    if not reservation.granted:
+        response = _error(429, "too_many_requests", "too many refused service keys from this "
+                          "address; retry later")
+        response.headers["Retry-After"] = str(reservation.retry_after)
+        return response
+    response = _error(401, "unauthorized", "send a valid service key as a Bearer token")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="token-vault"'
+    return response
 
 
 @bp.after_request
@@ -120,11 +137,16 @@ def list_connections() -> Response:
 def access_token(connection_id: int):
     """A usable access token, refreshed first when it expires within the refresh buffer."""
     key: service_keys.AuthenticatedKey = g.service_key
-    row = token_vault.read_access_token_row(connection_id) if connection_id <= MAX_ID else None
-    if row is None:
+    row = token_vault.read_access_token_row(connection_id)  # ids in range: IdConverter
+    # A connection of a provider this key may not read is answered exactly like a missing
+    # one: the key learns nothing about what else the vault holds.
+    if row is None or not key.allows(row.provider):
         return _error(404, "not_found", "no such connection")
-    if not key.allows(row.provider):
-        return _error(403, "forbidden", "this key may not read that provider's connections")
+    if current_app.extensions["providers"].get(row.provider) is None:
+        # Removed from the providers file: nobody can reconnect or refresh it here any more,
+        # and its tokens are no longer the vault's to hand out.
+        return _error(409, "provider_not_configured", f"provider {row.provider!r} is no longer "
+                      "in the providers file; its connections are not handed out")
     try:
         token = token_vault.ready_access_token(row) or _refreshed_token(connection_id)
     except NeedsReconnect as error:
@@ -188,6 +210,8 @@ def http_error(error: HTTPException):
 
 @bp.errorhandler(OperationalError)
 @bp.errorhandler(InterfaceError)
+@bp.errorhandler(DisconnectionError)
+@bp.errorhandler(PoolTimeoutError)
 def database_unavailable(error: Exception):
     """The database cannot be reached (a restart, a failover): 503, and the client retries."""
     db.session.rollback()

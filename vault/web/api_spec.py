@@ -19,12 +19,27 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "A parameter is malformed or unknown.",
         401: "No, an unknown or a revoked service key.",
         403: "The key may not read this provider's connections.",
-        404: "No such connection.",
-        409: "The account must be connected again (error `needs_reconnect`).",
+        404: "No such connection, or one of a provider the key may not read.",
+        409: (
+            "The account must be connected again (error `needs_reconnect`), or its provider "
+            "is no longer in the providers file (error `provider_not_configured`)."
+        ),
+        429: (
+            "Too many refused service keys from this address (error `too_many_requests`); "
+            "a valid key is never refused. See Retry-After."
+        ),
         500: "A stored value cannot be decrypted (error `undecryptable`).",
         503: "The token has expired and the provider cannot be reached; see Retry-After.",
     }
-    return {str(status): _json("Error", descriptions[status]) for status in statuses}
+    answers = {str(status): _json("Error", descriptions[status]) for status in statuses}
+    if 429 in statuses:
+        answers["429"]["headers"] = {
+            "Retry-After": {
+                "description": "Seconds until this address may try again.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return answers
 
 
 def openapi_document() -> dict[str, Any]:
@@ -63,7 +78,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [provider],
                     "responses": {
                         "200": _json("ConnectionList", "The connections, by id."),
-                        **_errors(400, 401, 403),
+                        **_errors(400, 401, 403, 429),
                     },
                 }
             },
@@ -74,7 +89,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [connection_id],
                     "responses": {
                         "200": _json("AccessToken", "The access token."),
-                        **_errors(400, 401, 403, 404, 409, 500, 503),
+                        **_errors(400, 401, 404, 409, 429, 500, 503),
                     },
                 }
             },

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
@@ -14,21 +24,18 @@ from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from vault import audit
-from vault.extensions import db, limiter
+from vault.extensions import db
 from vault.models import User
-from vault.services import accounts
+from vault.services import accounts, throttle
 from vault.web import sso
-from vault.web.security import end_session, safe_next_path, signed_in_user_key, start_session
+from vault.web.security import end_session, safe_next_path, start_session
 
 bp = Blueprint("auth", __name__)
 
-# At most this many failed attempts per account and per client address; successes are free.
-FAILED_SIGN_IN_LIMIT = "10 per 15 minutes"
-THROTTLED_MESSAGE = (
-    "Too many failed sign-in attempts for this account or from this address. "
-    "Wait 15 minutes, then try again."
-)
-THROTTLED_CHANGE_MESSAGE = "Too many wrong current passwords. Wait 15 minutes, then try again."
+# The allowances are vault.services.throttle's (10 failures per account, per client address,
+# per device and per user in 15 minutes); successes are given back, so they cost nothing.
+THROTTLED_MESSAGE = "Too many failed sign-in attempts for this account or from this address."
+THROTTLED_CHANGE_MESSAGE = "Too many wrong current passwords."
 SIGN_IN_FAILED = "The e-mail address or password is not correct."
 SSO_NEXT = "sso_next"  # where to go after the provider sends the browser back
 
@@ -71,29 +78,7 @@ class ChangePasswordForm(FlaskForm):
     submit = SubmitField("Change password")
 
 
-def _email_key() -> str:
-    # Hashed, so e-mail addresses neither sit in the limiter's storage nor appear in its logs.
-    email = accounts.normalize_email(request.form.get("email", ""))
-    return "email:" + hashlib.sha256(email.encode()).hexdigest()[:32]
-
-
-def _address_key() -> str:
-    return f"address:{request.remote_addr}"
-
-
-def _attempt_failed(_response: Response) -> bool:
-    return bool(g.get("attempt_failed"))
-
-
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(
-    FAILED_SIGN_IN_LIMIT, key_func=_email_key, methods=["POST"],
-    deduct_when=_attempt_failed, error_message=THROTTLED_MESSAGE,
-)
-@limiter.limit(
-    FAILED_SIGN_IN_LIMIT, key_func=_address_key, methods=["POST"],
-    deduct_when=_attempt_failed, error_message=THROTTLED_MESSAGE,
-)
 def login():
     """The sign-in form; a successful sign-in starts a new session."""
     next_path = safe_next_path(request.args.get("next"))
@@ -101,15 +86,28 @@ def login():
         return redirect(next_path)
     form = LoginForm()
     if form.validate_on_submit():
+        email = accounts.normalize_email(form.email.data)
+        device_cookie = request.cookies.get(_device_cookie_name())
+        # Reserved (and committed) before the password is checked, so a burst of guesses on
+        # any number of workers and instances gets no more Argon2 checks than the allowance.
+        reservation = throttle.reserve_sign_in(email, request.remote_addr, device_cookie)
+        if not reservation.granted:
+            return _throttled(THROTTLED_MESSAGE, reservation, lambda: _login_page(form))
         try:
-            user = accounts.authenticate(form.email.data, form.password.data)
+            user = accounts.authenticate(email, form.password.data)
         except accounts.SignInError as error:
-            g.attempt_failed = True
-            _record_failure(accounts.normalize_email(form.email.data), str(error))
+            _record_failure(email, str(error))
             flash(SIGN_IN_FAILED, "error")
         else:
+            throttle.release(reservation)
             _sign_in(user, method="password")
-            return redirect(next_path)
+            response = redirect(next_path)
+            _remember_device(response, user.email, device_cookie)
+            return response
+    return _login_page(form)
+
+
+def _login_page(form: LoginForm) -> str:
     return render_template(
         "auth/login.html",
         form=form,
@@ -134,19 +132,24 @@ def logout():
 
 
 @bp.route("/account/password", methods=["GET", "POST"])
-@limiter.limit(
-    FAILED_SIGN_IN_LIMIT, key_func=signed_in_user_key, methods=["POST"],
-    deduct_when=_attempt_failed, error_message=THROTTLED_CHANGE_MESSAGE,
-)
 def change_password():
     """Change one's own password; other sessions of the same user end."""
     form = ChangePasswordForm()
     user = current_user._get_current_object()
     if form.validate_on_submit():
+        user_id = user.id
+        # The throttle's transaction takes a connection of its own: hand the session's back
+        # first, so a burst never holds two pooled connections a request.
+        db.session.commit()
+        # Per user, reserved before the current password is checked, like signing in.
+        reservation = throttle.reserve((throttle.PASSWORD_CHANGE_PER_USER, str(user_id)))
+        if not reservation.granted:
+            return _throttled(
+                THROTTLED_CHANGE_MESSAGE, reservation, lambda: _change_password_page(form, user)
+            )
         try:
             accounts.change_password(user, form.current_password.data, form.new_password.data)
         except accounts.AccountError as error:
-            g.attempt_failed = True
             db.session.rollback()
             audit.record(
                 "auth.password_change_failed", target=user.email, outcome="failure",
@@ -155,11 +158,16 @@ def change_password():
             db.session.commit()
             flash(str(error), "error")
         else:
+            throttle.release(reservation)
             audit.record("auth.password_changed", target=user.email)
             db.session.commit()
             start_session(user)  # the new password's marker: this session stays, others end
             flash("Your password has been changed.", "info")
             return redirect(safe_next_path(request.args.get("next")))
+    return _change_password_page(form, user)
+
+
+def _change_password_page(form: ChangePasswordForm, user: User) -> str:
     return render_template(
         "auth/change_password.html",
         form=form,
@@ -214,8 +222,45 @@ def _sign_in(user: User, method: str) -> None:
 
 
 def _record_failure(email: str | None, reason: str) -> None:
-    # The e-mail tried and why it failed; never what was typed as the password.
+    # The e-mail tried and why it failed; never what was typed as the password. Something
+    # that is no e-mail address (bidi overrides, controls) is not put in the target column:
+    # the reason already quotes it with those characters escaped.
+    try:
+        target = accounts.checked_email(email) if email else None
+    except accounts.AccountError:
+        target = None
     audit.record(
-        "auth.sign_in_failed", target=email, actor="anonymous", outcome="failure", detail=reason
+        "auth.sign_in_failed", target=target, actor="anonymous", outcome="failure", detail=reason
     )
     db.session.commit()
+
+
+def _throttled(
+    message: str, reservation: throttle.Reservation, page: Callable[[], str]
+) -> Response:
+    """The form ``page`` renders, answered 429 with ``Retry-After``; no password was checked."""
+    minutes = math.ceil(reservation.retry_after / 60)
+    flash(f"{message} Wait {minutes} minute{'s' if minutes != 1 else ''}, then try again.",
+          "error")
+    response = make_response(page(), 429)
+    response.headers["Retry-After"] = str(reservation.retry_after)
+    return response
+
+
+def _device_cookie_name() -> str:
+    # __Host- (Secure, Path=/, no Domain) like the session cookie, so no other host under the
+    # same domain can plant or shadow it; without Secure browsers refuse that prefix.
+    return ("__Host-" if current_app.config["SESSION_COOKIE_SECURE"] else "") + "device"
+
+
+def _remember_device(response: Response, email: str, current: str | None) -> None:
+    """Give this browser the account's device cookie (see vault.services.throttle)."""
+    response.set_cookie(
+        _device_cookie_name(),
+        throttle.device_cookie_for(email, current),
+        max_age=int(throttle.DEVICE_COOKIE_LIFETIME.total_seconds()),
+        path="/",
+        secure=current_app.config["SESSION_COOKIE_SECURE"],
+        httponly=True,
+        samesite="Lax",
+    )

@@ -9,8 +9,10 @@ from flask import (
     abort,
     current_app,
     flash,
+    make_response,
     redirect,
     render_template,
+    request,
     url_for,
 )
 from flask_login import current_user
@@ -23,8 +25,9 @@ from vault import audit
 from vault.extensions import db
 from vault.models import Connection, TokenKind
 from vault.oauth import identity
-from vault.oauth.clients import connect_client, redirect_uri
+from vault.oauth.clients import ProviderClient, connect_client, redirect_uri
 from vault.providers.registry import Provider
+from vault.services import throttle
 from vault.services.connections import (
     ConnectError,
     account_from_claims,
@@ -37,6 +40,12 @@ from vault.tokens.store import token_vault
 from vault.web.security import admin_required
 
 bp = Blueprint("connect", __name__)
+
+SESSION_ENDED = "Your session has ended. Sign in again, then connect again."
+TOO_MANY_CALLBACKS = (
+    "Too many answers without a signed-in administrator came from this address. Wait a few "
+    "minutes, sign in, then connect again."
+)
 
 
 def _provider_or_404(key: str) -> Provider:
@@ -70,9 +79,7 @@ def callback(provider_key: str):
         abort(404)  # no authorization request was ever sent for these
     client = connect_client(provider)
     if not (current_user.is_authenticated and current_user.is_admin):
-        identity.discard_state(client)
-        return _failure_page(provider, "Your session has ended. Sign in again, then connect "
-                             "again.", 403)
+        return _callback_without_admin(provider, client)
     try:
         authorization = identity.complete(client)
         account = account_from_claims(authorization.claims)
@@ -121,6 +128,32 @@ def _failure_page(provider: Provider, message: str, status: int = 400):
     audit.record("connection.failed", target=provider.key, outcome="failure", detail=message)
     db.session.commit()
     return render_template("connect/error.html", provider=provider, message=message), status
+
+
+def _callback_without_admin(provider: Provider, client: ProviderClient):
+    """A callback reaching a browser without an admin session: an ended session, or noise.
+
+    Anyone can request this URL, so it is throttled per client address in the database and
+    recorded once per address and window, not once per request.
+    """
+    address = request.remote_addr or "unknown"
+    reservation = throttle.reserve((throttle.ANONYMOUS_CALLBACKS_PER_ADDRESS, address))
+    if not reservation.granted:
+        response = make_response(render_template(
+            "connect/error.html", provider=provider, message=TOO_MANY_CALLBACKS), 429)
+        response.headers["Retry-After"] = str(reservation.retry_after)
+        return response
+    identity.discard_state(client)
+    if reservation.first:
+        minutes = int(throttle.ANONYMOUS_CALLBACKS_PER_ADDRESS.window.total_seconds() // 60)
+        audit.record(
+            "connection.failed", target=provider.key, outcome="failure",
+            actor=None if current_user.is_authenticated else "anonymous",
+            detail=f"{SESSION_ENDED} Further callbacks from this address without an admin "
+            f"session are not recorded for {minutes} minutes.",
+        )
+        db.session.commit()
+    return render_template("connect/error.html", provider=provider, message=SESSION_ENDED), 403
 
 
 # -- API-key providers ---------------------------------------------------------------------

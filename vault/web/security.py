@@ -4,13 +4,19 @@
 (:func:`_guard_request`): only the endpoints in :data:`PUBLIC_ENDPOINTS` are reachable without
 signing in (the JSON API checks its service keys itself), so a new blueprint is protected
 without doing anything. Admin-only views use :func:`admin_required`.
+
+Hostile input never reaches a view (:func:`_refuse_hostile_input`, and
+:class:`~vault.web.converters.IdConverter` for ids); the error pages, the database outage's
+503 included, are :mod:`vault.web.errors`'.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import re
 from collections.abc import Callable
+from itertools import chain
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -21,9 +27,7 @@ from flask import (
     current_app,
     flash,
     g,
-    jsonify,
     redirect,
-    render_template,
     request,
     session,
     url_for,
@@ -31,14 +35,16 @@ from flask import (
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_user, logout_user
-from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import RequestEntityTooLarge, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from vault.extensions import db, limiter, login_manager
+from vault.extensions import db, login_manager
 from vault.models import User, utcnow
+from vault.oauth.clients import connect_client, staff_client
 from vault.services.accounts import session_marker
+from vault.web.converters import IdConverter
+from vault.web.errors import init_error_pages, is_api_request, json_error
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Reachable without a session. Everything else, including blueprints added later, needs one.
@@ -51,6 +57,8 @@ PUBLIC_ENDPOINTS = frozenset({
     "auth.sso_callback",
     "connect.callback",
 })
+# Answered without looking at the session: a liveness probe must not need the users table.
+SESSIONLESS_ENDPOINTS = frozenset({"static", "health.healthz"})
 # Blueprints that authenticate every request themselves and use no session: the JSON API
 # (service keys). Any other blueprint, including one added later, needs a signed-in user.
 SELF_AUTHENTICATING_BLUEPRINTS = frozenset({"api"})
@@ -59,8 +67,12 @@ SERVICE_API_PATH = "/api/v1/"
 # All a user who must choose a new password can reach until they have.
 PASSWORD_CHANGE_ENDPOINTS = frozenset({"auth.change_password", "auth.logout"})
 
+# form-action: forms post to this site only; the Connect and staff sign-in buttons' posts
+# are redirected on to the provider, which browsers also check against form-action, so
+# HTML pages add the providers' authorization origins to it (:func:`_provider_origins`).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
 )
 STRICT_TRANSPORT_SECURITY = "max-age=63072000; includeSubDomains"
 COOKIE_SETTINGS = {
@@ -93,10 +105,21 @@ SEEN_RESOLUTION_SECONDS = 60
 
 View = TypeVar("View", bound=Callable)
 
+# Refused in the path, query string and form fields (400): C0 controls but tab, line feed and
+# carriage return (text areas send them), and DEL. PostgreSQL cannot store NUL; none belongs
+# in what a person types, or in logs. Bidi overrides and the like are each field's business
+# (e-mail addresses refuse them: vault.services.accounts.checked_email).
+FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
 
 def init_security(app: Flask) -> None:
-    """Install the security baseline on ``app`` (call after the extensions are bound)."""
+    """Install the security baseline on ``app``.
+
+    Call after the extensions are bound and before any blueprint is registered: routes take
+    their ``<int:...>`` converter when they are added.
+    """
     app.config.update(COOKIE_SETTINGS)
+    app.url_map.converters["int"] = IdConverter
     proxies = app.config["VAULT_TRUSTED_PROXIES"]
     if proxies:
         # Only what every reverse proxy sets itself: the client address and the scheme (for
@@ -111,9 +134,7 @@ def init_security(app: Flask) -> None:
     # cross-site or anonymous request is turned away before anything else looks at it.
     app.before_request_funcs.setdefault(None, []).insert(0, _guard_request)
     app.after_request(_set_security_headers)
-    app.register_error_handler(CSRFError, _csrf_error)
-    for code in (400, 403, 404, 405, 429):
-        app.register_error_handler(code, _error_page)
+    init_error_pages(app)
 
 
 class StaffSessionInterface(SecureCookieSessionInterface):
@@ -194,11 +215,6 @@ def current_path() -> str | None:
     return request.full_path.rstrip("?")
 
 
-def is_api_request() -> bool:
-    """True for the JSON API, which answers errors in JSON instead of HTML pages."""
-    return request.path == "/api" or request.path.startswith("/api/")
-
-
 def _now() -> int:
     return int(utcnow().timestamp())
 
@@ -218,22 +234,41 @@ def _load_user(user_id: str) -> User | None:
 
 
 def _guard_request() -> ResponseReturnValue | None:
+    _refuse_hostile_input()
     if request.method not in SAFE_METHODS and request.headers.get("Sec-Fetch-Site") == "cross-site":
         abort(403, "Requests from other sites may not change anything here.")
-    if request.endpoint == "static" or request.blueprint in SELF_AUTHENTICATING_BLUEPRINTS:
+    if (
+        request.endpoint in SESSIONLESS_ENDPOINTS
+        or request.blueprint in SELF_AUTHENTICATING_BLUEPRINTS
+    ):
         return None
     _end_stale_session()
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if not current_user.is_authenticated:
         if is_api_request():
-            return _json_error("unauthorized", 401)
+            return json_error("unauthorized", 401)
         return redirect(url_for("auth.login", next=current_path()))
     if current_user.must_change_password and request.endpoint not in PASSWORD_CHANGE_ENDPOINTS:
         if is_api_request():
-            return _json_error("password_change_required", 403)
+            return json_error("password_change_required", 403)
         return redirect(url_for("auth.change_password", next=current_path()))
     return None
+
+
+def _refuse_hostile_input() -> None:
+    # Before anything reads the body or looks a value up: an oversized body unread (413),
+    # control characters anywhere a value comes from (400), a Host outside TRUSTED_HOSTS.
+    if isinstance(request.routing_exception, SecurityError):
+        raise request.routing_exception  # no URL can be built for this request: plain 400
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if limit is not None and (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge(f"Requests may carry at most {limit // 1024} KiB.")
+    if request.blueprint in SELF_AUTHENTICATING_BLUEPRINTS:
+        return  # the token API checks its few parameters itself, answering its own errors
+    fields = [*request.args.items(multi=True), *request.form.items(multi=True)]
+    if any(FORBIDDEN_CHARACTERS.search(text) for text in (request.path, *chain(*fields))):
+        abort(400, "The address or the form holds control characters; nothing was done.")
 
 
 def _end_stale_session() -> None:
@@ -249,12 +284,8 @@ def _end_stale_session() -> None:
     if expired or not current_user.is_authenticated:
         end_session()
         if not is_api_request():
-            flash(
-                "Your session has expired. Please sign in again."
-                if expired
-                else "Please sign in again.",
-                "info",
-            )
+            flash("Your session has expired. Please sign in again." if expired
+                  else "Please sign in again.", "info")
         return
     if now - session[LAST_SEEN_AT] >= SEEN_RESOLUTION_SECONDS:
         session[LAST_SEEN_AT] = now
@@ -262,7 +293,8 @@ def _end_stale_session() -> None:
 
 def _set_security_headers(response: Response) -> Response:
     headers = response.headers
-    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    origins = sorted(_provider_origins()) if response.mimetype == "text/html" else []
+    headers["Content-Security-Policy"] = " ".join([CONTENT_SECURITY_POLICY, *origins])
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Referrer-Policy"] = "no-referrer"  # OAuth codes travel in URLs
     headers["X-Frame-Options"] = "DENY"  # frame-ancestors, for browsers that predate it
@@ -273,25 +305,21 @@ def _set_security_headers(response: Response) -> Response:
     return response
 
 
-def _json_error(error: str, status: int) -> tuple[Response, int]:
-    return jsonify(error=error), status
-
-
-def _error_page(error: HTTPException) -> tuple[Response | str, int]:
-    status = error.code or 500
-    if is_api_request():
-        return _json_error(error.name.lower().replace(" ", "_"), status)
-    response = current_app.make_response(
-        (render_template("errors/error.html", title=error.name, message=error.description), status)
-    )
-    if status == 429 and limiter.current_limit is not None:
-        response.headers["Retry-After"] = str(max(1, limiter.current_limit.reset_at - _now()))
-    return response, status
-
-
-def _csrf_error(error: CSRFError) -> tuple[Response | str, int]:
-    error.description = (
-        "This form has expired or did not come from this site. Go back, reload the page and "
-        "try again."
-    )
-    return _error_page(error)
+def _provider_origins() -> frozenset[str]:
+    # Where the Connect and staff sign-in posts redirect to: each browser provider's
+    # authorization endpoint, named in the providers file or discovered (once the discovery
+    # document has been read); until then the discovery URL's origin, nearly always the same.
+    urls: list[str | None] = []
+    for provider in current_app.extensions["providers"]:
+        if not provider.is_oauth or provider.uses_client_credentials:
+            continue
+        if provider.authorize_url:
+            urls.append(provider.authorize_url)
+            continue
+        clients = [connect_client(provider)]
+        if provider.staff_login:
+            clients.append(staff_client(provider))
+        urls.append(provider.server_metadata_url)
+        urls += [client.server_metadata.get("authorization_endpoint") for client in clients]
+    parts = [urlsplit(url) for url in urls if url]
+    return frozenset(f"{p.scheme}://{p.netloc}" for p in parts if p.scheme in ("http", "https"))
