@@ -23,10 +23,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 from flask import Flask, jsonify, request
 
@@ -42,6 +44,15 @@ ROUNDS, SECONDS, CONNECTIONS = 5, 4, 16
 TARGET = 0.5
 GUNICORN = ["--workers", "2", "--threads", "4", "--worker-class", "gthread", "--reuse-port",
             "--log-level", "warning"]
+
+PROVIDERS_FILE = """
+[bench]
+type = "oauth2"
+client_id = "bench"
+client_secret = "bench-secret"
+authorize_url = "https://bench.invalid/authorize"
+token_url = "https://bench.invalid/token"
+"""
 
 
 def vault_app() -> Flask:
@@ -136,14 +147,19 @@ def _python_load(port: int, path: str, key: str) -> float:
 
 def main() -> bool:
     secret, session_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    with temporary_database() as url:
-        app = bench_app(url, ENCRYPTION_SECRET=secret, SECRET_KEY=session_secret)
+    with temporary_database() as url, tempfile.TemporaryDirectory() as folder:
+        # The connection's provider must be configured: the API hands out nothing for one
+        # that has left the providers file. Its endpoints are never called (the token is fresh).
+        providers = Path(folder) / "providers.toml"
+        providers.write_text(PROVIDERS_FILE, encoding="utf-8")
+        app = bench_app(url, ENCRYPTION_SECRET=secret, SECRET_KEY=session_secret,
+                        VAULT_PROVIDERS_FILE=str(providers))
         with app.app_context():
             connection_id, key = _seed()
             db.session.remove()
             db.engine.dispose()
         env = {**os.environ, "DATABASE_URL": url, "ENCRYPTION_SECRET": secret,
-               "SECRET_KEY": session_secret, "VAULT_PROVIDERS_FILE": os.devnull}
+               "SECRET_KEY": session_secret, "VAULT_PROVIDERS_FILE": str(providers)}
         token_path = f"/api/v1/connections/{connection_id}/access-token"
         rounds = []
         with _gunicorn("bench.api:vault_app()", env) as vault_port, \
