@@ -281,6 +281,19 @@ def test_a_discovered_authorization_endpoint_elsewhere_is_allowed_once_known(app
     )
 
 
+def test_a_discovery_document_cannot_write_into_the_policy(app, client):
+    provider = app.extensions["providers"].get("idp")
+    with app.test_request_context():  # a hostile or broken discovery document
+        connect_client(provider).server_metadata["authorization_endpoint"] = (
+            "https://evil.example;script-src * 'unsafe-inline'/authorize"
+        )
+
+    policy = client.get("/login").headers["Content-Security-Policy"]
+
+    assert "script-src" not in policy and "unsafe-inline" not in policy
+    assert policy.endswith("form-action 'self' https://acme.example https://idp.example")
+
+
 # -- the SQLite database file is the owner's only ------------------------------------------
 
 

@@ -164,6 +164,40 @@ def test_a_device_cookie_of_another_account_gives_no_exemption(app, admin_user, 
     assert login(colleague, viewer_user.email).status_code == 302  # its own account: exempt
 
 
+def test_a_password_reset_voids_the_device_cookies_issued_before(app, admin_user):
+    # Someone who once knew the password could keep a cookie per fresh browser, each worth a
+    # fresh allowance of guesses; after a reset none of them exempts anything.
+    harvested = browser(app, "203.0.113.7")
+    assert login(harvested, admin_user.email).status_code == 302
+    sign_out(harvested)
+    with app.app_context():
+        accounts.reset_password(admin_user.email)
+        db.session.commit()
+    for number in range(ALLOWANCE):
+        attempt(app, admin_user.email, address=f"198.51.100.{number + 1}")
+
+    assert login(harvested, admin_user.email, WRONG).status_code == 429
+
+
+def test_an_ipv6_client_is_counted_by_its_64_not_per_address(app, admin_user):
+    for number in range(ALLOWANCE):  # a fresh address from one /64, and another account each
+        attempt(app, f"nobody{number}@example.com", address=f"2001:db8:1:2::{number + 1:x}")
+
+    assert attempt(app, admin_user.email, DEFAULT_PASSWORD, "2001:db8:1:2::ff").status_code == 429
+    assert attempt(app, admin_user.email, DEFAULT_PASSWORD, "2001:db8:1:3::1").status_code == 302
+
+
+def test_reset_password_lifts_the_accounts_lockout(app, admin_user, runner):
+    for number in range(ALLOWANCE):
+        attempt(app, admin_user.email, address=f"198.51.100.{number + 1}")
+    assert attempt(app, admin_user.email, DEFAULT_PASSWORD, "192.0.2.1").status_code == 429
+
+    result = runner.invoke(args=["users", "reset-password", admin_user.email])
+    password = result.output.splitlines()[-1].split()[1]
+
+    assert attempt(app, admin_user.email, password, "192.0.2.1").status_code == 302
+
+
 def test_failures_with_a_device_cookie_count_against_that_device_only(app, admin_user):
     owner = browser(app)
     assert login(owner, admin_user.email).status_code == 302

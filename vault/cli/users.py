@@ -12,7 +12,7 @@ from sqlalchemy import select
 from vault import audit
 from vault.extensions import db
 from vault.models import Role, User
-from vault.services import accounts
+from vault.services import accounts, throttle
 
 ROLE_CHOICE = click.Choice([role.value for role in Role])
 
@@ -109,6 +109,8 @@ def reset_password_command(email: str) -> None:
     """Give an account a one-time password and end its sessions; printed once."""
     with _reported_as_usage_errors():
         user, password = accounts.reset_password(email)
+    # Whoever was locked out by failed attempts is let in at once with the new password.
+    throttle.forget(throttle.SIGN_IN_PER_EMAIL, user.email)
     audit.record("user.password_reset", target=user.email, actor="cli")
     db.session.commit()
     click.echo(f"Reset the password of {user.email}; every session of the account has ended.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from sqlalchemy.sql import case
 from sqlalchemy.sql.dml import ReturningInsert
 
 from vault.extensions import db
-from vault.models import ThrottleCounter, utcnow
+from vault.models import ThrottleCounter, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ SIGN_IN_PER_DEVICE = Rule("sign-in:device", 10, _WINDOW)
 # Wrong current passwords on the change-password form, per signed-in user.
 PASSWORD_CHANGE_PER_USER = Rule("password-change:user", 10, _WINDOW)
 # Refused service keys per client address. Integrations poll, so a misconfigured one may
-# fail every minute; 20 leaves room for that and still stops guessing. Valid keys never count.
+# fail every minute; 20 leaves room for that. A key is checked before this counter (a valid
+# key is never slowed), so it bounds the noise and the audit, not guessing: 256-bit keys are
+# not guessed.
 API_KEY_FAILURES_PER_ADDRESS = Rule("api-key-failure:address", 20, _WINDOW)
 # One audit row per key prefix and address and window: the second attempt is refused.
 API_KEY_FAILURE_RECORD = Rule("api-key-failure:record", 1, _WINDOW)
@@ -226,14 +229,44 @@ def _secret() -> bytes:
     return secret.encode() if isinstance(secret, str) else bytes(secret or b"")
 
 
+def forget(rule: Rule, subject: str) -> None:
+    """Clear one counter now (an operator lifting a lockout, e.g. with a password reset)."""
+    with db.engine.begin() as connection:
+        connection.execute(
+            delete(ThrottleCounter).where(ThrottleCounter.key == _counter_key(rule, subject))
+        )
+
+
 def _counter_key(rule: Rule, subject: str) -> str:
     # Keyed with a subkey of SECRET_KEY: what is counted never sits in the table in plain.
+    if rule.scope.endswith(":address"):
+        subject = _network(subject)
     subkey = hmac.new(_secret(), _KEY_LABEL, hashlib.sha256).digest()
     return hmac.new(subkey, f"{rule.scope}\n{subject}".encode(), hashlib.sha256).hexdigest()
 
 
+def _network(address: str) -> str:
+    # An IPv6 client usually holds a whole /64 and could take a new address per attempt;
+    # counted by its /64 it cannot. IPv4 addresses (and anything unparsable) count alone.
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
 def _account(email: str) -> str:
-    return _counter_key(SIGN_IN_PER_DEVICE, f"account:{email}")[:32]
+    # The account as it is now: its password hash is part of the fingerprint, so a password
+    # change or reset voids every device cookie issued before (one kept by someone who once
+    # knew the password would otherwise buy them a fresh allowance per cookie).
+    user = db.session.scalar(select(User).where(User.email == email))
+    password = user.password_hash if user is not None and user.password_hash else ""
+    fingerprint = hashlib.sha256(password.encode()).hexdigest()
+    return _counter_key(SIGN_IN_PER_DEVICE, f"account:{email}:{fingerprint}")[:32]
 
 
 def _device_serializer() -> URLSafeTimedSerializer:

@@ -109,6 +109,8 @@ View = TypeVar("View", bound=Callable)
 # carriage return (text areas send them), and DEL. PostgreSQL cannot store NUL; none belongs
 # in what a person types, or in logs. Bidi overrides and the like are each field's business
 # (e-mail addresses refuse them: vault.services.accounts.checked_email).
+# What a provider's host may look like in the Content-Security-Policy (IDNA form).
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -321,5 +323,22 @@ def _provider_origins() -> frozenset[str]:
             clients.append(staff_client(provider))
         urls.append(provider.server_metadata_url)
         urls += [client.server_metadata.get("authorization_endpoint") for client in clients]
-    parts = [urlsplit(url) for url in urls if url]
-    return frozenset(f"{p.scheme}://{p.netloc}" for p in parts if p.scheme in ("http", "https"))
+    return frozenset(origin for url in urls if url and (origin := _origin(url)) is not None)
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url``, or None when it is not a plain http(s) origin.
+
+    A discovery document is the provider's to write: its URLs go into a header only as a
+    host name of letters, digits, dots and hyphens, and a port, so none can add a directive
+    (``;``), a source (a space) or credentials to the policy.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not HOST_NAME.fullmatch(host):
+        return None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
