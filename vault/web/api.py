@@ -14,8 +14,6 @@ from datetime import datetime
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from sqlalchemy import and_, select
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
@@ -27,6 +25,7 @@ from vault.refresh.engine import ProviderUnavailable
 from vault.services import service_keys
 from vault.tokens.store import AccessToken, NeedsReconnect, TokenUnavailable, token_vault
 from vault.web.api_spec import openapi_document
+from vault.web.errors import DATABASE_RETRY_AFTER_SECONDS, DATABASE_UNAVAILABLE
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # token-authenticated and read-only: there is no session to ride on
@@ -208,10 +207,6 @@ def http_error(error: HTTPException):
     return response
 
 
-@bp.errorhandler(OperationalError)
-@bp.errorhandler(InterfaceError)
-@bp.errorhandler(DisconnectionError)
-@bp.errorhandler(PoolTimeoutError)
 def database_unavailable(error: Exception):
     """The database cannot be reached (a restart, a failover): 503, and the client retries."""
     db.session.rollback()
@@ -219,8 +214,13 @@ def database_unavailable(error: Exception):
         "API request failed: database unavailable (%s)", type(error).__name__
     )
     response = _error(503, "database_unavailable", "the database cannot be reached; retry shortly")
-    response.headers["Retry-After"] = "5"
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
     return response
+
+
+# The outages the web pages answer with 503 (vault.web.errors), answered here in JSON.
+for _outage in DATABASE_UNAVAILABLE:
+    bp.register_error_handler(_outage, database_unavailable)
 
 
 @bp.errorhandler(Exception)
