@@ -29,6 +29,7 @@ from vault.refresh.engine import Actor, Outcome, RefreshEngine, RefreshResult
 from vault.tokens.store import token_vault
 
 Progress = Callable[[RefreshResult], None]
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RefreshSummary:
     failed: int = 0
     needs_reconnect: int = 0
     seconds: float = 0.0
+    stopped: bool = False  # asked to stop before every due connection was tried
     problems: list[RefreshResult] = field(default_factory=list)
 
     @property
@@ -134,10 +136,13 @@ def refresh_due(
     *,
     actor: Actor = "system",
     progress: Progress | None = None,
+    stop: StopCheck | None = None,
 ) -> RefreshSummary:
     """Refresh every connection due within ``within`` seconds (default: the refresh buffer).
 
     ``concurrency`` workers claim due connections one at a time; see the module docstring.
+    ``stop`` is asked before each claim: once it says True, each worker finishes the
+    connection in hand and claims no other (the worker's SIGTERM).
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # for the workers
     engine: RefreshEngine = app.extensions["refresh_engine"]
@@ -151,7 +156,7 @@ def refresh_due(
 
     def worker() -> None:
         with app.app_context():
-            while (claimed := claims.next()) is not None:
+            while not (stop and stop()) and (claimed := claims.next()) is not None:
                 # ``claimed`` stays referenced while it is refreshed: the session's identity
                 # map holds instances weakly, and the engine's look-up of the claimed row
                 # then costs no second SELECT.
@@ -168,6 +173,7 @@ def refresh_due(
         for future in [pool.submit(worker) for _ in range(workers)]:
             future.result()
     summary.seconds = time.perf_counter() - timer
+    summary.stopped = bool(stop and stop())
     return summary
 
 

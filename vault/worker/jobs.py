@@ -1,0 +1,69 @@
+"""What one worker cycle does: the list of :class:`Job` that :func:`default_jobs` returns.
+
+Adding a job is one line in :func:`default_jobs`. A job's ``run(now)`` is called inside an
+app context and returns True when all went well; an exception counts as a failure and the
+other jobs still run. ``every=None`` runs the job in every cycle of every worker (it must be
+safe to run concurrently, as ``refresh-due`` is); otherwise at most one worker, on any host,
+runs it per period, claimed in the database (:mod:`vault.worker.schedule`).
+
+A long job checks :func:`stop_requested` between items, so SIGTERM finishes the current item
+and the worker exits; :func:`note` records a one-line summary for the ``worker_jobs`` row and
+the log (never a secret).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+
+from vault.refresh.batch import refresh_due
+
+
+@dataclass(frozen=True)
+class Job:
+    """One thing the worker does: ``run(now)`` returns True when all went well."""
+
+    name: str
+    run: Callable[[datetime], bool]
+    every: timedelta | None = None  # None: every cycle; else at most once per period
+
+
+# Set by the runner for the thread running a cycle; read by jobs between items.
+_stop_check: ContextVar[Callable[[], bool]] = ContextVar("stop_check", default=lambda: False)
+_notes: ContextVar[list[str] | None] = ContextVar("notes", default=None)
+
+
+def stop_requested() -> bool:
+    """True once the worker was asked to stop (SIGTERM, SIGINT): finish the item and return."""
+    return _stop_check.get()()
+
+
+def note(line: str) -> None:
+    """Record a one-line summary of the running job (shown in logs and ``worker_jobs``)."""
+    notes = _notes.get()
+    if notes is not None:
+        notes.append(line)
+
+
+def refresh_due_job(now: datetime) -> bool:
+    """Refresh every connection due within the refresh buffer (``vault refresh-due``)."""
+    # The batch's threads do not inherit this context: hand them the check itself.
+    summary = refresh_due(stop=_stop_check.get())
+    note(summary.line())
+    for problem in summary.problems:
+        current_app.logger.warning(
+            "worker: connection %s: %s: %s",
+            problem.connection_id, problem.outcome.value, problem.message,
+        )
+    return summary.ok
+
+
+def default_jobs() -> list[Job]:
+    """The jobs of every worker cycle, in order."""
+    return [
+        Job("refresh-due", refresh_due_job),
+    ]
