@@ -281,3 +281,43 @@ class ThrottleCounter(Base):
 
     def __repr__(self) -> str:
         return f"<ThrottleCounter {self.scope} {self.hits} until {self.window_ends_at}>"
+
+
+# -- Reconnect and connect links (issue 12) ---------------------------------------------------
+
+
+class LinkKind(str, enum.Enum):
+    RECONNECT = "reconnect"  # an existing connection's owner signs in again
+    CONNECT = "connect"  # a person with an expected e-mail connects a new account
+
+
+class AccessLink(Base):
+    """A single-use bearer link that lets someone without a vault account run one OAuth flow.
+
+    Only the token's SHA-256 hash is stored (like service keys'); the URL is shown once. A
+    reconnect link names its connection; a connect link names a provider and the e-mail the
+    account must have, and records the connection it produced once used.
+    """
+
+    __tablename__ = "reconnect_links"
+    __table_args__ = (CheckConstraint(_one_of("kind", LinkKind), name="kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(64), index=True)
+    connection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    expected_email: Mapped[str | None] = mapped_column(String(320))
+    # Who made it, as the audit names them ("alerts" for links in alerts); the user, if any.
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(320))
+
+    def __repr__(self) -> str:  # never the token's hash
+        return f"<AccessLink {self.id} {self.kind} {self.provider}>"

@@ -60,12 +60,15 @@ def account_from_claims(claims: dict[str, Any]) -> Account:
 
 
 def record_grant(
-    provider: Provider, token: dict[str, Any], account: Account, user: User
+    provider: Provider, token: dict[str, Any], account: Account, user: User | None,
+    *, actor: str | None = None,
 ) -> tuple[Connection, bool]:
     """Upsert the connection for ``account`` and store the grant's tokens, encrypted.
 
     Reconnecting the same account replaces its tokens (a refresh token is kept when the
-    provider sends no new one). Returns the connection and whether it is new.
+    provider sends no new one). Returns the connection and whether it is new. ``user`` is
+    the staff member it is recorded for (None: ``created_by`` is left as it was, e.g. an
+    owner reconnecting through a link); ``actor`` names the audit's actor when not ``user``.
     """
     now = utcnow()
     existing = db.session.scalar(
@@ -86,7 +89,8 @@ def record_grant(
     # RFC 6749 5.1: an answer without "scope" granted exactly what was asked.
     connection.scopes_granted = granted if granted is not None else provider.scope
     connection.status = ConnectionStatus.ACTIVE.value
-    connection.created_by_id = user.id
+    if user is not None:
+        connection.created_by_id = user.id
     connection.failure_count = 0
     connection.last_error = None
     connection.last_refreshed_at = now
@@ -113,7 +117,7 @@ def record_grant(
         "connection.created" if created else "connection.reconnected",
         target=f"{provider.key}:{account.email or account.subject}",
         connection=connection,
-        actor=user,
+        actor=actor or user,
     )
     return connection, created
 
