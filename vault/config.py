@@ -58,6 +58,8 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_REFRESH_BACKOFF_BASE_SECONDS": 30,
     "VAULT_REFRESH_BACKOFF_CAP_SECONDS": 3600,
     "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": None,  # provider timeout + LOCK_TIMEOUT_MARGIN_SECONDS
+    "VAULT_WORKER_INTERVAL_SECONDS": 60,  # between `vault worker` cycles, with jitter
+    "VAULT_RECONNECT_LINK_HOURS": 72,  # how long a reconnect or connect link may be used
 })
 ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -129,6 +131,8 @@ def load_config(
         "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": _seconds(
             lock_timeout, "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"
         ),
+        "VAULT_WORKER_INTERVAL_SECONDS": integer("VAULT_WORKER_INTERVAL_SECONDS", 1),
+        "VAULT_RECONNECT_LINK_HOURS": integer("VAULT_RECONNECT_LINK_HOURS", 1),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
         "MAX_CONTENT_LENGTH": MAX_REQUEST_BYTES,

@@ -13,22 +13,40 @@ from vault.extensions import db
 
 # The SQLite database holds every encrypted token and the staff password hashes: owner only.
 SQLITE_FILE_MODE = 0o600
+# How long a SQLite write waits for another connection's write transaction. Writes are short
+# (no provider call happens inside one: see vault/refresh/rows.py's leases), so this is ample.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
 def configure_engine(app: Flask) -> None:
-    """SQLite: a private database file; enforce foreign keys (cascades); wait for locks."""
+    """SQLite: a private database file in WAL mode; enforce foreign keys; wait for locks."""
     with app.app_context():
         engine = db.engine
     if engine.dialect.name != "sqlite":
         return
     create_private_file(engine.url)
+    file_database = is_file_database(engine.url)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA busy_timeout = 10000")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if file_database:
+            # WAL: readers (pages, sign-in's look-ups, hand-outs) never wait for the writer,
+            # and the web server and `vault worker` share one file (`make run`). Persistent in
+            # the file; synchronous stays FULL so a committed rotated refresh token survives
+            # a power cut.
+            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
+
+
+def is_file_database(url: URL) -> bool:
+    """True for a SQLite database in a file (not ``:memory:`` nor a shared-memory URI)."""
+    path = url.database
+    if not path or path == ":memory:":
+        return False
+    return "mode=memory" not in path and url.query.get("mode") != "memory"
 
 
 def create_private_file(url: URL) -> None:

@@ -321,3 +321,61 @@ class AccessLink(Base):
 
     def __repr__(self) -> str:  # never the token's hash
         return f"<AccessLink {self.id} {self.kind} {self.provider}>"
+
+
+# --- The worker (issue 12): heartbeats, scheduled jobs' claims, SQLite refresh leases ---
+
+
+class WorkerHeartbeat(Base):
+    """One running (or lately running) ``vault worker``: written after each of its cycles.
+
+    ``/health`` reads the newest; rows of workers gone quiet for a day are pruned.
+    """
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_cycle_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    last_ok: Mapped[bool] = mapped_column(default=True)
+
+    def __repr__(self) -> str:
+        return f"<WorkerHeartbeat {self.worker_id} {self.last_cycle_at}>"
+
+
+class WorkerJob(Base):
+    """A scheduled worker job: claimed by one worker per period with a conditional UPDATE."""
+
+    __tablename__ = "worker_jobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_run_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_started_at: Mapped[datetime | None]
+    last_finished_at: Mapped[datetime | None]
+    last_ok: Mapped[bool | None]
+    last_summary: Mapped[str | None] = mapped_column(Text)
+    last_worker_id: Mapped[str | None] = mapped_column(String(255))
+
+    def __repr__(self) -> str:
+        return f"<WorkerJob {self.name} next {self.next_run_at}>"
+
+
+class RefreshLease(Base):
+    """SQLite's stand-in for PostgreSQL's row lock during a refresh (vault/refresh/rows.py).
+
+    A refresh claims its connection here in a short write transaction, calls the provider with
+    no transaction open, and stores the answer only while ``claim`` is still its own; a crashed
+    holder's lease lapses at ``expires_at``. Unused on PostgreSQL.
+    """
+
+    __tablename__ = "refresh_leases"
+
+    connection_id: Mapped[int] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    claim: Mapped[str] = mapped_column(String(64))  # random, per refresh attempt
+    expires_at: Mapped[datetime] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"<RefreshLease {self.connection_id} until {self.expires_at}>"

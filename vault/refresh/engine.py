@@ -1,9 +1,10 @@
 """The refresh protocol (docs/architecture.md, "Refresh protocol"): one provider call per
 due token, everywhere.
 
-1. Single flight in the process (a lock per connection id), then a lock on the connection's
-   row in the database (PostgreSQL ``SELECT ... FOR NO KEY UPDATE`` with a lock timeout;
-   SQLite a write transaction, which SQLite serialises).
+1. Single flight in the process (a lock per connection id), then a lock on the connection in
+   the database: PostgreSQL ``SELECT ... FOR NO KEY UPDATE`` with a lock timeout, held by the
+   transaction; SQLite a lease claimed in a short transaction of its own, so that no write
+   transaction stays open across the provider call (:mod:`vault.refresh.rows`).
 2. Under the lock the tokens are read again: when another worker or process refreshed them
    meanwhile, its result is used and the provider is not asked.
 3. The provider's answer is stored in one transaction (access token, rotated refresh token)
@@ -139,12 +140,18 @@ class RefreshEngine:
             if not acquired:
                 return RefreshResult(connection_id, Outcome.SKIPPED, "being refreshed already")
             try:
-                if claimed:  # loaded and locked by the caller's claim, in this transaction
+                if claimed and not rows.uses_leases():
+                    # Loaded and row-locked by the caller's claim, in this transaction.
                     connection = db.session.get(Connection, connection_id)
                 else:
-                    connection = rows.lock_row(connection_id, timeout=_lock_timeout())
+                    # SQLite's batch claims take the lease here, without waiting for it.
+                    connection = rows.lock_row(
+                        connection_id, timeout=0 if claimed else _lock_timeout()
+                    )
             except rows.LockTimeout:
                 db.session.rollback()
+                if claimed:
+                    return RefreshResult(connection_id, Outcome.SKIPPED, "being refreshed already")
                 usable = rows.usable(rows.access_token(connection_id))
                 message = "another refresh of this connection is still running"
                 return RefreshResult(connection_id, Outcome.UNAVAILABLE, message, usable=usable)
@@ -155,6 +162,7 @@ class RefreshEngine:
                 return self._refresh_locked(connection, before, force, window, actor)
             except BaseException:
                 db.session.rollback()
+                rows.abandon(connection_id)
                 raise
 
     @contextmanager
@@ -188,7 +196,8 @@ class RefreshEngine:
         usable = rows.usable(access, now)
 
         def finish(outcome: Outcome, message: str = "", retry_at=None) -> RefreshResult:
-            db.session.commit()  # releases the row lock
+            rows.release(connection_id)
+            db.session.commit()  # releases the row lock or the lease
             return RefreshResult(connection_id, outcome, message, retry_at, usable)
 
         if connection.status == ConnectionStatus.NEEDS_RECONNECT.value:
@@ -222,6 +231,7 @@ class RefreshEngine:
         )
         used = rows.ciphertexts(tokens)
         secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
+        # On SQLite only the lease is held here: this session has no write transaction open.
         try:
             answer = grant.request(provider, credentials, now=now)
         except NotRefreshable as error:
@@ -229,10 +239,29 @@ class RefreshEngine:
         except GrantRejected as error:
             if rows.ciphertexts(rows.read_tokens(connection)) != used:
                 return finish(Outcome.ALREADY_FRESH, "the grant was replaced meanwhile")
+            if not self._still_ours(connection, used):
+                return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
             return self._rejected(connection, redact_known(str(error), secrets), actor)
         except ProviderFailure as error:
+            if not self._still_ours(connection, used):
+                return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
             return self._failed(connection, error, redact_known(str(error), secrets), actor, usable)
+        if not self._still_ours(connection, used):
+            # Only when this call outlived its lease and another refresh stored first.
+            current_app.logger.warning(
+                "refresh of connection %s outlived its lease; kept the other refresh's tokens",
+                connection_id,
+            )
+            return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
         return self._store(connection, tokens, answer, actor, now)
+
+    @staticmethod
+    def _still_ours(connection: Connection, used: dict[str, bytes]) -> bool:
+        """Whether this refresh may store its answer: its lease (SQLite) is ended in this
+        transaction, and held until now, or lapsed with nobody else's tokens stored since."""
+        if rows.release(connection.id):
+            return True
+        return rows.fingerprint(connection.id) == used
 
     def _store(
         self,

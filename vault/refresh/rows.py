@@ -1,47 +1,70 @@
-"""The database side of the refresh protocol: row locks and fresh reads of token rows.
+"""The database side of the refresh protocol: row locks, leases and fresh reads of token rows.
 
 Every read here bypasses the session's identity map (``populate_existing``), because the
 whole point is to see what another worker or process committed meanwhile.
+
+PostgreSQL locks the connection's row (``FOR NO KEY UPDATE``) for the refresh's transaction,
+provider call included: other rows stay writable. SQLite has one write lock for the whole
+file, so holding a transaction open across the provider call would stall every write of
+every process (sign-in, hand-outs' audit rows) for up to the provider's timeout. There a
+refresh claims a lease instead (a ``refresh_leases`` row with a random claim and an expiry)
+in a short transaction of its own, calls the provider with no transaction open, and
+:func:`release` checks in the storing transaction that the claim is still its own. The
+claim lives in the session's ``info``, as a row lock lives in its transaction.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import secrets
+import time
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, text, update
-from sqlalchemy.exc import OperationalError
+from flask import current_app
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from vault.extensions import db
-from vault.models import Connection, Token, TokenKind
+from vault.models import Connection, RefreshLease, Token, TokenKind
 from vault.tokens.store import token_vault
 
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE raised when lock_timeout expires
 _REFRESHABLE_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)
+# How often a refresh waiting for another's SQLite lease looks again.
+LEASE_POLL_SECONDS = 0.1
+# A lease outlives its holder's provider call (bounded by the lock timeout) this many times
+# over before another refresh may take it: only a crashed or frozen holder loses it.
+LEASE_LOCK_TIMEOUTS = 2
+_LEASES = "refresh_leases"  # key of the session's info: connection id -> our claim
 
 
 class LockTimeout(Exception):
-    """Another transaction held the connection's row lock for too long."""
+    """Another transaction held the connection's row lock (or lease) for too long."""
+
+
+def uses_leases() -> bool:
+    """True on SQLite, where a refresh holds a lease rather than a row lock."""
+    return db.session.get_bind().dialect.name != "postgresql"
 
 
 def lock_row(connection_id: int, *, timeout: float) -> Connection | None:
-    """Lock the connection's row for this transaction and return it, freshly read.
+    """Lock the connection for this refresh and return it, freshly read.
 
-    Raises :class:`LockTimeout` when another transaction holds it longer than ``timeout``
-    seconds (PostgreSQL; SQLite waits its ``busy_timeout``).
+    PostgreSQL: a row lock for this transaction. SQLite: a lease, claimed and committed
+    before this returns (see the module docstring); end it with :func:`release`. Raises
+    :class:`LockTimeout` when another refresh holds it longer than ``timeout`` seconds.
     """
+    if uses_leases():
+        if not _claim_lease(connection_id, timeout):
+            return None
+        return db.session.scalar(
+            select(Connection)
+            .where(Connection.id == connection_id)
+            .execution_options(populate_existing=True)
+        )
     try:
-        if db.session.get_bind().dialect.name == "postgresql":
-            milliseconds = int(timeout * 1000)
-            db.session.execute(text(f"SET LOCAL lock_timeout = '{milliseconds}ms'"))
-        else:
-            # SQLite: the first write takes the database's write lock (waiting up to its
-            # busy_timeout), which serialises refreshes across processes.
-            db.session.execute(
-                update(Connection)
-                .where(Connection.id == connection_id)
-                .values(updated_at=token_vault.clock())
-                .execution_options(synchronize_session=False)
-            )
+        milliseconds = int(timeout * 1000)
+        db.session.execute(text(f"SET LOCAL lock_timeout = '{milliseconds}ms'"))
         connection = db.session.scalar(
             select(Connection)
             .where(Connection.id == connection_id)
@@ -56,6 +79,72 @@ def lock_row(connection_id: int, *, timeout: float) -> Connection | None:
             raise LockTimeout() from None
         raise
     return connection
+
+
+def release(connection_id: int) -> bool:
+    """End this session's lease on the connection, as part of the current transaction.
+
+    True when the lease was still ours (or on PostgreSQL, where the commit ends the row
+    lock); False when it lapsed and another refresh took it over meanwhile. Nothing is
+    released until the caller commits, so the result and the release land together.
+    """
+    claim = db.session.info.get(_LEASES, {}).pop(connection_id, None)
+    if claim is None:
+        return not uses_leases()
+    deleted = db.session.execute(
+        delete(RefreshLease).where(
+            RefreshLease.connection_id == connection_id, RefreshLease.claim == claim
+        )
+    )
+    return deleted.rowcount == 1  # type: ignore[attr-defined]
+
+
+def abandon(connection_id: int) -> None:
+    """Give up this session's lease after an error (its own short transaction); no-op if none."""
+    if connection_id not in db.session.info.get(_LEASES, {}):
+        return
+    db.session.rollback()
+    release(connection_id)
+    db.session.commit()
+
+
+def _claim_lease(connection_id: int, timeout: float) -> bool:
+    """Claim the connection's lease, waiting up to ``timeout`` s; False: no such connection."""
+    claim = secrets.token_hex(16)
+    duration = timedelta(
+        seconds=LEASE_LOCK_TIMEOUTS * current_app.config["VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"]
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        now = token_vault.clock()
+        statement = sqlite_insert(RefreshLease).values(
+            connection_id=connection_id, claim=claim, expires_at=now + duration
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[RefreshLease.connection_id],
+            set_={"claim": statement.excluded.claim, "expires_at": statement.excluded.expires_at},
+            where=RefreshLease.expires_at <= now,  # a lapsed lease (crashed holder) is taken
+        )
+        try:
+            db.session.execute(statement)
+        except IntegrityError:  # the foreign key: no such connection
+            db.session.rollback()
+            return False
+        except OperationalError as error:  # the write lock stayed busy past busy_timeout
+            db.session.rollback()
+            if _is_lock_timeout(error):
+                raise LockTimeout() from None
+            raise
+        holder = db.session.scalar(
+            select(RefreshLease.claim).where(RefreshLease.connection_id == connection_id)
+        )
+        db.session.commit()  # the short write transaction ends here: nothing is held
+        if holder == claim:
+            db.session.info.setdefault(_LEASES, {})[connection_id] = claim
+            return True
+        if time.monotonic() >= deadline:
+            raise LockTimeout()
+        time.sleep(LEASE_POLL_SECONDS)
 
 
 def _is_lock_timeout(error: OperationalError) -> bool:
