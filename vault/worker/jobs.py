@@ -13,7 +13,8 @@ the log (never a secret).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +48,18 @@ def note(line: str) -> None:
     notes = _notes.get()
     if notes is not None:
         notes.append(line)
+
+
+@contextmanager
+def job_context(stop_check: Callable[[], bool]) -> Iterator[list[str]]:
+    """Run a job with ``stop_check`` behind :func:`stop_requested`; yields its notes."""
+    notes: list[str] = []
+    stop_token, notes_token = _stop_check.set(stop_check), _notes.set(notes)
+    try:
+        yield notes
+    finally:
+        _stop_check.reset(stop_token)
+        _notes.reset(notes_token)
 
 
 def refresh_due_job(now: datetime) -> bool:
