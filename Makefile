@@ -1,5 +1,5 @@
-# Token Vault. `make run` for a first run on a fresh machine, `make test`, `make lint`,
-# `make bench`.
+# Token Vault. `make run` for a first run on a fresh machine (the web server and a worker;
+# one Ctrl-C stops both), `make test`, `make lint`, `make bench`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -23,7 +23,7 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/python -m vault.devenv --base-url http://$(HOST):$(PORT)
 	$(FLASK) db upgrade
 	$(FLASK) users create-first-admin
-	$(FLASK) run --host $(HOST) --port $(PORT)
+	$(BIN)/python -m vault.worker.together --host $(HOST) --port $(PORT)
 
 # The end-to-end tests' OpenID Connect provider (node-oidc-provider, from npm).
 E2E_PROVIDER := tests/e2e/oidc_provider

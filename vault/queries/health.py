@@ -1,4 +1,4 @@
-"""The health page's queries: what needs attention, keys in use, upcoming expiries.
+"""The health page's queries: what needs attention, keys in use, upcoming expiries, the worker.
 
 Built on the health expression of :mod:`vault.queries.connections`; nothing here decrypts.
 """
@@ -12,7 +12,14 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import Row, and_, bindparam, case, func, select
 
 from vault.extensions import db
-from vault.models import Connection, ConnectionStatus, Token, UTCDateTime, utcnow
+from vault.models import (
+    Connection,
+    ConnectionStatus,
+    Token,
+    UTCDateTime,
+    WorkerHeartbeat,
+    utcnow,
+)
 from vault.queries.connections import NOW, Health, at, health_source
 
 ATTENTION = (Health.EXPIRING, Health.NEEDS_RECONNECT, Health.ERROR)
@@ -113,4 +120,49 @@ def _buckets_statement(slots: int):
             expires >= NOW,
             expires < bounds[-1][1],
         )
+    )
+
+
+# A worker is late once its newest heartbeat is older than this many of its intervals.
+LATE_AFTER_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """The newest worker heartbeat, as ``/health`` and ``/healthz`` show it."""
+
+    last_run_at: datetime
+    seconds_ago: int
+    interval_seconds: int
+    ok: bool  # whether that cycle's jobs all went well
+    running: int  # workers whose heartbeat is not late
+
+    @property
+    def late(self) -> bool:
+        return self.seconds_ago > LATE_AFTER_INTERVALS * self.interval_seconds
+
+
+def worker_status(now: datetime | None = None) -> WorkerStatus | None:
+    """What the newest worker heartbeat says; None when no worker has run (or for a day)."""
+    now = now or utcnow()
+    beats = db.session.execute(
+        select(
+            WorkerHeartbeat.last_cycle_at, WorkerHeartbeat.interval_seconds, WorkerHeartbeat.last_ok
+        ).order_by(WorkerHeartbeat.last_cycle_at.desc())
+    ).all()
+    if not beats:
+        return None
+    newest = beats[0]
+    running = sum(
+        1
+        for beat in beats
+        if (now - beat.last_cycle_at).total_seconds()
+        <= LATE_AFTER_INTERVALS * beat.interval_seconds
+    )
+    return WorkerStatus(
+        last_run_at=newest.last_cycle_at,
+        seconds_ago=max(0, int((now - newest.last_cycle_at).total_seconds())),
+        interval_seconds=newest.interval_seconds,
+        ok=newest.last_ok,
+        running=running,
     )

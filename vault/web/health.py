@@ -1,5 +1,6 @@
-"""Token health: what expires soon, what needs a person, what is failing, and under which key;
-and ``/healthz``, the liveness check for load balancers and orchestrators."""
+"""Token health: what expires soon, what needs a person, what is failing, under which key,
+and when a worker last ran; and ``/healthz``, the liveness check for load balancers and
+orchestrators."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ from vault.audit import StaffActor
 from vault.extensions import db, limiter
 from vault.models import utcnow
 from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
-from vault.queries.health import expiry_buckets, key_id_counts, needing_attention
+from vault.queries.health import (
+    LATE_AFTER_INTERVALS,
+    WorkerStatus,
+    expiry_buckets,
+    key_id_counts,
+    needing_attention,
+    worker_status,
+)
 from vault.refresh.batch import refresh_due
 from vault.tokens.store import token_vault
 from vault.web.chart import expiry_chart
@@ -59,6 +67,8 @@ def index():
         known_key_ids=set(cipher.key_ids),
         chart=expiry_chart(expiry_buckets(now), now),
         windows=_windows(),
+        worker=worker_status(now),
+        late_after=LATE_AFTER_INTERVALS,
     )
 
 
@@ -82,12 +92,31 @@ def refresh_expiring():
 
 @bp.get("/healthz")
 def healthz():
-    """Liveness: the process answers and the database responds. Never any secret."""
+    """Liveness: the process answers and the database responds. Never any secret.
+
+    The worker is reported, not judged: a late worker leaves the status 200, since
+    restarting this web process would not bring it back (docs/architecture.md, "Worker").
+    """
+    worker = None
     try:
         db.session.execute(text("SELECT 1"))
         database = "ok"
+        worker = _worker_json(worker_status())
     except Exception:  # noqa: BLE001 - any database failure means "not healthy"
         current_app.logger.warning("healthz: database check failed", exc_info=True)
         database = "unavailable"
     status = 200 if database == "ok" else 503
-    return jsonify(status="ok" if status == 200 else "degraded", database=database), status
+    body = {"status": "ok" if status == 200 else "degraded", "database": database, "worker": worker}
+    return jsonify(body), status
+
+
+def _worker_json(worker: WorkerStatus | None) -> dict:
+    if worker is None:
+        return {"last_run_at": None, "seconds_ago": None, "ok": False, "late": True, "running": 0}
+    return {
+        "last_run_at": worker.last_run_at.isoformat(timespec="seconds"),
+        "seconds_ago": worker.seconds_ago,
+        "ok": worker.ok,
+        "late": worker.late,
+        "running": worker.running,
+    }
