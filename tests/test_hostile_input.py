@@ -159,6 +159,8 @@ def _valid_path(rule, ids: dict[str, int]) -> str:
         "key": "staff",
         "path": "connections/1/anything",
         "filename": "css/app.css",
+        "token": "A" * 43,  # a reconnect link's token that matches no link
+        "link_id": "1",
     }
     return PARAMETER.sub(lambda match: values[match[1]], rule.rule)
 
@@ -239,7 +241,7 @@ def test_an_id_that_cannot_exist_is_not_found_on_every_connection_route(
     db.session.commit()
     token = csrf_token(admin_client, "/")
     routes = [rule for rule in app.url_map.iter_rules() if "<int:connection_id>" in rule.rule]
-    assert len(routes) == 5
+    assert len(routes) == 6
     for rule in routes:
         path = rule.rule.replace("<int:connection_id>", raw_id)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):

@@ -87,7 +87,7 @@ def test_lifetime_comes_from_the_setting(make_app, app, broken):
 
 def test_refused_for_active_connections_and_providers_without_a_browser_flow(app, db, broken):
     broken.status = ConnectionStatus.ACTIVE.value
-    with pytest.raises(LinkError, match="active"):
+    with pytest.raises(LinkError, match="is active"):
         reconnect_links.issue_reconnect_link(broken, created_by=None, now=NOW)
     pasted = Connection(provider="voicenter", account_subject="main", status="needs_reconnect")
     db.session.add(pasted)

@@ -117,7 +117,7 @@ def register_refresh(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
-    from vault.web import api, audit, auth, connect, connections, health, providers
+    from vault.web import api, audit, auth, connect, connections, health, providers, reconnect
     from vault.web.filters import init_filters
 
     app.register_blueprint(providers.bp)
@@ -127,6 +127,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(reconnect.bp)
     init_filters(app)
 
 

@@ -59,6 +59,9 @@ _AUTHORIZATION = re.compile(
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]{8,}=*(?![\w=])", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _GOOGLE_TOKEN = re.compile(r"\b(ya29\.|1//)[A-Za-z0-9_\-.]{10,}")
+# A reconnect or connect link's token, the credential in its path (access-log lines, "GET
+# /reconnect/<token>"): vault.services.reconnect_links.LINK_PATH, which cannot be imported here.
+_LINK_TOKEN = re.compile(r"(/reconnect/)[A-Za-z0-9_-]{8,}")
 REDACTED = "[REDACTED]"
 
 
@@ -72,6 +75,7 @@ def redact(text: str) -> str:
     )
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _JWT.sub(REDACTED, text)
+    text = _LINK_TOKEN.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     return _GOOGLE_TOKEN.sub(REDACTED, text)
 
 

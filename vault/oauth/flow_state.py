@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import Flask
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, select
 
 from vault.extensions import db
 from vault.models import OAuthState, utcnow
@@ -43,6 +43,21 @@ class FlowStateStore:
         with db.engine.begin() as connection:
             row = connection.execute(statement).first()
         if row is None or row.expires_at <= now:
+            return None
+        return token_vault.cipher.decrypt(row.ciphertext, aad=self._aad(key))
+
+    def peek(self, key: str) -> str | None:
+        """The state's value without consuming it (None: unknown or expired).
+
+        Only to decide how a callback is to be finished; the flow itself still consumes the
+        state with :meth:`get`, once.
+        """
+        statement = select(OAuthState.ciphertext, OAuthState.expires_at).where(
+            OAuthState.key == key
+        )
+        with db.engine.connect() as connection:
+            row = connection.execute(statement).first()
+        if row is None or row.expires_at <= utcnow():
             return None
         return token_vault.cipher.decrypt(row.ciphertext, aad=self._aad(key))
 

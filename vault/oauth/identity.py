@@ -9,6 +9,7 @@ its claims from the userinfo endpoint: the one identity step of every flow.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.base_client import MismatchingStateError, OAuthError
-from flask import current_app, request, session
+from flask import current_app, redirect, request, session
 from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
 
@@ -26,6 +27,8 @@ from vault.oauth.errors import ProviderFailure
 from vault.oauth.tokens import fetch_userinfo
 from vault.redact import redact_known
 
+# The key, in a flow's server-side state, of what start() was asked to remember.
+_REMEMBERED = "vault_remembered"
 # Errors from the code exchange and the id_token checks that mean "this answer is unusable".
 _UNVERIFIABLE = (AuthlibBaseError, JoseError, ValueError, KeyError)
 
@@ -47,10 +50,23 @@ class Authorization:
     claims: dict[str, Any]
 
 
-def start(client: ProviderClient, redirect_uri: str) -> Response:
-    """Redirect the browser to the provider's authorization page."""
+def start(
+    client: ProviderClient, redirect_uri: str, *, remember: dict[str, Any] | None = None
+) -> Response:
+    """Redirect the browser to the provider's authorization page.
+
+    ``remember``: what the callback must know of this flow (e.g. the reconnect link it was
+    started from), kept with the flow's state, encrypted and server-side, never in the URL or
+    the cookie; the callback reads it back with :func:`remembered`.
+    """
     try:
-        return client.authorize_redirect(redirect_uri)
+        if remember is None:
+            return client.authorize_redirect(redirect_uri)
+        authorization = client.create_authorization_url(redirect_uri)
+        client.save_authorize_data(
+            redirect_uri=redirect_uri, **authorization, **{_REMEMBERED: remember}
+        )
+        return redirect(authorization["url"])
     except (ProviderFailure, requests.RequestException, ValueError, RuntimeError) as error:
         # Its discovery document could not be fetched or lacks the authorization endpoint.
         current_app.logger.warning(
@@ -201,6 +217,24 @@ def _started_in_this_browser(client: ProviderClient) -> bool:
         return False
     expires = marker.get("exp")
     return isinstance(expires, int | float) and expires > time.time()
+
+
+def remembered(client: ProviderClient) -> dict[str, Any] | None:
+    """What :func:`start` was asked to remember of the flow answered on this request.
+
+    None unless this browser started the flow (it holds the state's marker) and the flow's
+    state is still there. The state is not consumed: :func:`complete` does that.
+    """
+    state = request.args.get("state")
+    if not state or not _started_in_this_browser(client):
+        return None
+    value = client.framework.cache.peek(f"_state_{client.name}_{state}")
+    try:
+        data = json.loads(value or "null") or {}
+    except ValueError:
+        return None
+    kept = data.get("data", {}).get(_REMEMBERED) if isinstance(data, dict) else None
+    return kept if isinstance(kept, dict) else None
 
 
 def discard_state(client: ProviderClient) -> None:

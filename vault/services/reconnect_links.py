@@ -35,6 +35,9 @@ from vault.services.service_keys import hash_key
 LINK_PATH = "/reconnect/"
 # The audit actor of links that alerts create (no person asked for them).
 ALERTS_ACTOR = "alerts"
+# Connections a reconnect link is for: broken ones. An active one needs none (a link made
+# earlier is then void: reconnected meanwhile); a disconnected one was switched off on purpose.
+RECONNECTABLE = (ConnectionStatus.NEEDS_RECONNECT.value, ConnectionStatus.ERROR.value)
 # What secrets.token_urlsafe(32) produces; anything else is not looked up at all.
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -73,13 +76,23 @@ def issue_reconnect_link(connection: Connection, *, created_by: str | None, now:
     provider = _browser_provider(connection.provider)
     if provider is None:
         raise LinkError(f"{connection.provider} connections cannot be reconnected with a link.")
-    if connection.status == ConnectionStatus.ACTIVE.value:
-        raise LinkError("This connection is active; it needs no reconnect link.", 409)
+    if connection.status not in RECONNECTABLE:
+        raise LinkError(f"This connection is {connection.status.replace('_', ' ')}; only one "
+                        "that needs reconnecting gets a reconnect link.", 409)
+    base = _base_url()
     link, token = _new_link(LinkKind.RECONNECT, provider.key, created_by, now)
     link.connection_id = connection.id
     db.session.flush()
     _record(link, "created", actor=link.created_by, connection=connection)
-    return link_url(token)
+    return base + LINK_PATH + token
+
+
+def can_issue(connection: Connection) -> bool:
+    """Whether a reconnect link can be made for ``connection`` now (the page's button)."""
+    return (
+        connection.status in RECONNECTABLE
+        and _browser_provider(connection.provider) is not None
+    )
 
 
 def issue_connect_link(
@@ -97,27 +110,31 @@ def issue_connect_link(
         email = checked_email(expected_email)
     except AccountError as error:
         raise LinkError(str(error)) from None
+    base = _base_url()
     link, token = _new_link(LinkKind.CONNECT, provider.key, created_by, now)
     link.expected_email = email
     db.session.flush()
     _record(link, "created", actor=link.created_by)
-    return link_url(token)
+    return base + LINK_PATH + token
 
 
-def link_url(token: str) -> str:
-    """The absolute URL of a link: ``VAULT_BASE_URL`` (or this request's host) + the path."""
+def _base_url() -> str:
+    """Where links point: ``VAULT_BASE_URL``, else (in a request) this request's host.
+
+    Checked before anything is added, so a refusal leaves the caller's session untouched.
+    """
     base = current_app.config["VAULT_BASE_URL"]
     if not base:
         if not has_request_context():
             raise LinkError("VAULT_BASE_URL is not set, so no link can be made outside a "
                             "request.", 500)
         base = request.host_url
-    return base.rstrip("/") + LINK_PATH + token
+    return str(base).rstrip("/")
 
 
 def open_link(token: str, now: datetime) -> AccessLink:
     """The usable link for ``token``; raises :class:`LinkError` saying why it is not."""
-    link = _find(token)
+    link = find(token)
     if link is None:
         raise LinkError("This link is not valid. Ask whoever sent it for a new one.", 404)
     reason = unusable_reason(link, now)
@@ -140,6 +157,8 @@ def unusable_reason(link: AccessLink, now: datetime) -> str | None:
         connection = db.session.get(Connection, link.connection_id)
         if connection is None or connection.status == ConnectionStatus.ACTIVE.value:
             return "This account is connected again already; there is nothing left to do."
+        if connection.status not in RECONNECTABLE:
+            return "This connection was switched off here; ask whoever sent the link."
     return None
 
 
@@ -257,7 +276,8 @@ def _new_link(
     return link, token
 
 
-def _find(token: str) -> AccessLink | None:
+def find(token: str) -> AccessLink | None:
+    """The link whose token is ``token``, whatever its state (looked up by hash)."""
     if not _TOKEN_SHAPE.fullmatch(token or ""):
         return None
     return db.session.scalar(select(AccessLink).where(AccessLink.token_hash == hash_key(token)))
@@ -287,7 +307,7 @@ def _consume(link: AccessLink, now: datetime) -> bool:
     if link.kind == LinkKind.RECONNECT.value:
         still_usable.append(exists().where(
             Connection.id == AccessLink.connection_id,
-            Connection.status != ConnectionStatus.ACTIVE.value,
+            Connection.status.in_(RECONNECTABLE),
         ))
     result = db.session.execute(
         update(AccessLink).where(*still_usable).values(used_at=now)

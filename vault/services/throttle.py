@@ -69,6 +69,9 @@ API_KEY_FAILURES_PER_ADDRESS = Rule("api-key-failure:address", 20, _WINDOW)
 API_KEY_FAILURE_RECORD = Rule("api-key-failure:record", 1, _WINDOW)
 # Connect callbacks from browsers without an admin session (stale links, probes), per address.
 ANONYMOUS_CALLBACKS_PER_ADDRESS = Rule("callback:address", 20, _WINDOW)
+# Requests to the reconnect and connect link pages (open, start, callback), per address. An
+# owner needs three or four; a link's 256-bit token is not guessed, so this bounds noise.
+LINK_PAGES_PER_ADDRESS = Rule("link:address", 30, _WINDOW)
 
 DEVICE_COOKIE_LIFETIME = timedelta(days=180)
 _DEVICE_SALT = "token-vault/device-cookie"  # its own salt: no other signed value passes for one

@@ -37,6 +37,7 @@ from vault.services.connections import (
     record_grant,
 )
 from vault.tokens.store import token_vault
+from vault.web import reconnect
 from vault.web.security import admin_required
 
 bp = Blueprint("connect", __name__)
@@ -78,6 +79,10 @@ def callback(provider_key: str):
     if not provider.is_oauth or provider.uses_client_credentials:
         abort(404)  # no authorization request was ever sent for these
     client = connect_client(provider)
+    link_id = reconnect.link_of_flow(client)
+    if link_id is not None:
+        # Started from a reconnect or connect link: the link, not a session, authorises it.
+        return reconnect.finish_flow(provider, client, link_id)
     if not (current_user.is_authenticated and current_user.is_admin):
         return _callback_without_admin(provider, client)
     try:

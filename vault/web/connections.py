@@ -16,6 +16,7 @@ from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.queries.audit import connection_history
 from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
+from vault.services import reconnect_links
 from vault.services.connections import disconnect, missing_scopes
 from vault.tokens.store import token_vault
 from vault.web.security import admin_required, signed_in_user_key
@@ -94,6 +95,9 @@ def detail(connection_id: int):
         ),
         history=connection_history(connection.id),
         form=ConfirmForm(),
+        link_rows=[(link, reconnect_links.state_of(link, utcnow()))
+                   for link in reconnect_links.links_of_connection(connection)],
+        can_link=reconnect_links.can_issue(connection),
     )
 
 

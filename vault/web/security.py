@@ -56,6 +56,9 @@ PUBLIC_ENDPOINTS = frozenset({
     "auth.sso_start",
     "auth.sso_callback",
     "connect.callback",
+    # Reconnect and connect links: the link's token is the credential (vault/web/reconnect.py).
+    "reconnect.landing",
+    "reconnect.begin",
 })
 # Answered without looking at the session: a liveness probe must not need the users table.
 SESSIONLESS_ENDPOINTS = frozenset({"static", "health.healthz"})
