@@ -216,6 +216,25 @@ NON_DEFAULT_VALUES = {
     "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": "2.5",
     "VAULT_RECONNECT_LINK_HOURS": "24",
     "VAULT_WORKER_INTERVAL_SECONDS": "30",
+    "VAULT_ALERT_FAILING_MINUTES": "10",
+    "VAULT_ALERT_EXPIRING_DAYS": "3",
+    "VAULT_SMTP_URL": "smtps://alerts:pw@smtp.example.com:465",
+    "VAULT_MAIL_FROM": "vault@example.com",
+    "VAULT_ALERT_EMAILS": "ops@example.com,oncall@example.com",
+    "VAULT_ALERT_WEBHOOK_URL": "https://hooks.example.com/vault",
+    "VAULT_ALERT_WEBHOOK_SECRET": "whsec_" + "b" * 32,
+    "VAULT_ALERT_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/other",
+}
+# Alert channels are valid only together (a server and recipients, a URL and its secret, a
+# base URL for their links): a complete set is in place, and each variable changes one part.
+CHANNELS_IN_PLACE = {
+    "VAULT_BASE_URL": "https://other.example.com",
+    "VAULT_SMTP_URL": "smtp://127.0.0.1:25",
+    "VAULT_MAIL_FROM": "alerts@example.com",
+    "VAULT_ALERT_EMAILS": "ops@example.com",
+    "VAULT_ALERT_WEBHOOK_URL": "https://receiver.example.com/hook",
+    "VAULT_ALERT_WEBHOOK_SECRET": "whsec_" + "a" * 32,
+    "VAULT_ALERT_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/x",
 }
 
 
@@ -224,6 +243,9 @@ def test_every_declared_variable_is_read_from_the_environment(name, tmp_path, cl
     assert set(NON_DEFAULT_VALUES) == set(ENVIRONMENT_VARIABLES)
     for secret, value in SECRETS.items():
         clean_environment.setenv(secret, value)
+    if name in CHANNELS_IN_PLACE:
+        for channel_setting, value in CHANNELS_IN_PLACE.items():
+            clean_environment.setenv(channel_setting, value)
     before = load_config(str(tmp_path), str(tmp_path))
     clean_environment.setenv(name, NON_DEFAULT_VALUES[name])
     assert load_config(str(tmp_path), str(tmp_path)) != before

@@ -35,6 +35,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_oauth(app)
     register_security(app)
     register_refresh(app)
+    register_alerts(app)
     register_blueprints(app)
     register_commands(app)
     return app
@@ -113,6 +114,16 @@ def register_refresh(app: Flask) -> None:
     from vault.refresh.engine import register_refresh as install
 
     install(app)
+
+
+def register_alerts(app: Flask) -> None:
+    """Alert channels from the settings, and the outbox's listener on connection changes.
+
+    See docs/architecture.md, "Alerts".
+    """
+    from vault.alerts import init_alerts
+
+    init_alerts(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -10,9 +10,12 @@ it. This module is the only place that reads a setting or knows its default: eve
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +41,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # Host names answered besides VAULT_BASE_URL's, so health probes and a shell on the host
 # itself (curl http://127.0.0.1:5000/healthz) keep working.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+# Enough to catch a typo in an alert address; the SMTP server has the last word.
+EMAIL_SHAPE = re.compile(r"[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+")
 
 # Every variable read from the environment, with its default: the one place a default is
 # written. None means no fixed default: unset (secrets, VAULT_BASE_URL) or worked out in
@@ -60,6 +65,15 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": None,  # provider timeout + LOCK_TIMEOUT_MARGIN_SECONDS
     "VAULT_WORKER_INTERVAL_SECONDS": 60,  # between `vault worker` cycles, with jitter
     "VAULT_RECONNECT_LINK_HOURS": 72,  # how long a reconnect or connect link may be used
+    # Alerts (vault/alerts): the rules' thresholds, then the channels; no channel, no sending.
+    "VAULT_ALERT_FAILING_MINUTES": 30,  # refresh failing this long -> connection.refresh_failing
+    "VAULT_ALERT_EXPIRING_DAYS": 7,  # a credential nothing renews ends within -> .expiring
+    "VAULT_SMTP_URL": None,  # smtp://user:password@host:587 (STARTTLS if offered), smtps://
+    "VAULT_MAIL_FROM": None,  # the From address of alert e-mails
+    "VAULT_ALERT_EMAILS": None,  # recipients, comma-separated
+    "VAULT_ALERT_WEBHOOK_URL": None,  # Standard Webhooks receiver
+    "VAULT_ALERT_WEBHOOK_SECRET": None,  # whsec_... signing secret
+    "VAULT_ALERT_SLACK_WEBHOOK_URL": None,  # a Slack incoming-webhook URL
 })
 ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -133,6 +147,9 @@ def load_config(
         ),
         "VAULT_WORKER_INTERVAL_SECONDS": integer("VAULT_WORKER_INTERVAL_SECONDS", 1),
         "VAULT_RECONNECT_LINK_HOURS": integer("VAULT_RECONNECT_LINK_HOURS", 1),
+        "VAULT_ALERT_FAILING_MINUTES": integer("VAULT_ALERT_FAILING_MINUTES", 1),
+        "VAULT_ALERT_EXPIRING_DAYS": integer("VAULT_ALERT_EXPIRING_DAYS", 1),
+        **_alert_channels(setting, base_url),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
         "MAX_CONTENT_LENGTH": MAX_REQUEST_BYTES,
@@ -213,6 +230,78 @@ def _base_url(value: Any) -> str | None:
             f"VAULT_BASE_URL must look like https://vault.example.com, got {value!r}"
         )
     return str(value).rstrip("/")
+
+
+def _alert_channels(setting: Callable[[str], Any], base_url: str | None) -> dict[str, Any]:
+    """The alert channels' settings, checked; messages never repeat a URL or secret given."""
+    smtp_url, mail_from = setting("VAULT_SMTP_URL"), setting("VAULT_MAIL_FROM")
+    emails = [a.strip() for a in str(setting("VAULT_ALERT_EMAILS") or "").split(",") if a.strip()]
+    webhook_url = setting("VAULT_ALERT_WEBHOOK_URL")
+    webhook_secret = setting("VAULT_ALERT_WEBHOOK_SECRET")
+    slack_url = setting("VAULT_ALERT_SLACK_WEBHOOK_URL")
+    if smtp_url or emails or mail_from:
+        _smtp_url(smtp_url)
+        if not emails:
+            raise ConfigError("VAULT_ALERT_EMAILS is empty; name the alert recipients, "
+                              "comma-separated, or unset VAULT_SMTP_URL")
+        if not mail_from:
+            raise ConfigError("VAULT_MAIL_FROM is not set; alert e-mails need a From address")
+        for address in [*emails, mail_from]:
+            if not EMAIL_SHAPE.fullmatch(address):
+                raise ConfigError(f"alert e-mail address {address!r} is not an e-mail address "
+                                  "(VAULT_ALERT_EMAILS, VAULT_MAIL_FROM)")
+    if webhook_url or webhook_secret:
+        _https_url(webhook_url, "VAULT_ALERT_WEBHOOK_URL", allow_http=True)
+        if not str(webhook_secret or "").startswith("whsec_") or not _base64(
+            str(webhook_secret)[len("whsec_"):]
+        ):
+            raise ConfigError("VAULT_ALERT_WEBHOOK_SECRET must be whsec_ followed by base64 "
+                              "(generate one with: python -c \"import base64, secrets; print("
+                              "'whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\")")
+    if slack_url:
+        _https_url(slack_url, "VAULT_ALERT_SLACK_WEBHOOK_URL", allow_http=False)
+    if (smtp_url or webhook_url or slack_url) and not base_url:
+        raise ConfigError("alert channels are set but VAULT_BASE_URL is not; alerts link to "
+                          "the vault's pages, so set it to the vault's public URL")
+    return {
+        "VAULT_SMTP_URL": smtp_url,
+        "VAULT_MAIL_FROM": mail_from,
+        "VAULT_ALERT_EMAILS": emails,
+        "VAULT_ALERT_WEBHOOK_URL": webhook_url,
+        "VAULT_ALERT_WEBHOOK_SECRET": webhook_secret,
+        "VAULT_ALERT_SLACK_WEBHOOK_URL": slack_url,
+    }
+
+
+def _smtp_url(value: Any) -> None:
+    if not value:
+        raise ConfigError("VAULT_SMTP_URL is not set but alert e-mails are; use "
+                          "smtp://USER:PASSWORD@HOST:587, smtps://HOST:465 or smtp://HOST:25")
+    parts = urlsplit(str(value))
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ConfigError("VAULT_SMTP_URL has a port that is not a number") from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError("VAULT_SMTP_URL must look like smtp://USER:PASSWORD@HOST:587 or "
+                          f"smtps://HOST:465 (got scheme {parts.scheme or 'none'!r})")
+    if bool(parts.username) != bool(parts.password):
+        raise ConfigError("VAULT_SMTP_URL needs both a user and a password, or neither")
+
+
+def _https_url(value: Any, name: str, *, allow_http: bool) -> None:
+    parts = urlsplit(str(value or ""))
+    schemes = ("http", "https") if allow_http else ("https",)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{name} must be an {' or '.join(schemes)} URL "
+                          f"(got scheme {parts.scheme or 'none'!r})")
+
+
+def _base64(value: str) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) > 0
+    except (ValueError, binascii.Error):
+        return False
 
 
 def _trusted_hosts(base_url: str | None) -> list[str] | None:

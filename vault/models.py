@@ -162,6 +162,9 @@ class Connection(TimestampMixin, Base):
     next_refresh_at: Mapped[datetime | None]
     failure_count: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # When the current run of transient refresh failures began (set with the first failure,
+    # cleared with failure_count): the alert rule `connection.refresh_failing` reads it.
+    failing_since: Mapped[datetime | None]
 
     created_by: Mapped[User | None] = relationship()
     tokens: Mapped[list[Token]] = relationship(
@@ -379,3 +382,104 @@ class RefreshLease(Base):
 
     def __repr__(self) -> str:
         return f"<RefreshLease {self.connection_id} until {self.expires_at}>"
+
+
+# -- Alerts (issue 12): the outbox, its deliveries per channel, and each attempt ------------
+
+
+class DeliveryStatus(str, enum.Enum):
+    PENDING = "pending"  # waiting for its next attempt (claimed by a worker while sending)
+    DELIVERED = "delivered"
+    ABANDONED = "abandoned"  # retried for the give-up period (alerts.delivery) without success
+
+
+class Notification(Base):
+    """One alert, written in the transaction of the state change that caused it (the outbox).
+
+    ``dedupe_key`` is unique: the same state change, or the same rule firing again, never
+    makes a second row. ``details`` is a snapshot for the message (provider, account, status,
+    reason in plain words): never a token, key or secret. A reconnect link, a bearer
+    credential, is kept only encrypted (AAD ``notification:<id>:reconnect_url``). An event
+    about a provider rather than a connection has no ``connection_id``. ``digest_id`` names
+    the digest that carries this alert to people when many connections broke at once.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index(None, "dispatched_at", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    provider: Mapped[str | None] = mapped_column(String(64))
+    # No foreign key, like audit_events: a record, and no lock on the connection's row.
+    connection_id: Mapped[int | None] = mapped_column(index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reconnect_url_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    digest_id: Mapped[int | None] = mapped_column(
+        ForeignKey("notifications.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Set once by the worker that turned it into deliveries (a conditional UPDATE claims it).
+    dispatched_at: Mapped[datetime | None]
+
+    deliveries: Mapped[list[NotificationDelivery]] = relationship(
+        back_populates="notification", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="NotificationDelivery.id",
+    )
+
+    def __repr__(self) -> str:  # never the reconnect link
+        return f"<Notification {self.id} {self.event} {self.dedupe_key}>"
+
+
+class NotificationDelivery(Base):
+    """One notification to one channel: claimed by a worker, retried with back-off."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "channel"),
+        CheckConstraint(_one_of("status", DeliveryStatus), name="status"),
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "channel", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    channel: Mapped[str] = mapped_column(String(16))  # email, webhook, slack
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The claim of the worker sending it right now, until claimed_until; a crashed worker's
+    # claim lapses and another sends it.
+    claim: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    notification: Mapped[Notification] = relationship(back_populates="deliveries")
+    attempts_made: Mapped[list[DeliveryAttempt]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="DeliveryAttempt.id"
+    )
+
+    def __repr__(self) -> str:
+        return f"<NotificationDelivery {self.id} {self.channel} {self.status}>"
+
+
+class DeliveryAttempt(Base):
+    """One try to send one delivery: when, how it went, the sanitised error."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index(None, "channel", "attempted_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("notification_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(16))
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ok: Mapped[bool]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"<DeliveryAttempt {self.id} {self.channel} ok={self.ok}>"

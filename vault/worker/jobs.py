@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 
+from vault.alerts import rules
+from vault.alerts.delivery import deliver_pending, dispatch
 from vault.refresh.batch import refresh_due
 
 
@@ -75,8 +77,21 @@ def refresh_due_job(now: datetime) -> bool:
     return summary.ok
 
 
+def alerts_job(now: datetime) -> bool:
+    """Evaluate the alert rules, dispatch new alerts, send what is due (vault/alerts)."""
+    added = rules.evaluate(now)
+    dispatched = dispatch(now)
+    report = deliver_pending(now, stop=_stop_check.get())
+    note(
+        f"alerts: {added} from rules, {dispatched} dispatched, {report.delivered} delivered, "
+        f"{report.failed} failed"
+    )
+    return report.ok
+
+
 def default_jobs() -> list[Job]:
     """The jobs of every worker cycle, in order."""
     return [
         Job("refresh-due", refresh_due_job),
+        Job("alerts", alerts_job),
     ]
