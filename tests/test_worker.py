@@ -66,7 +66,9 @@ def test_a_job_that_raises_is_a_failure_and_the_next_job_still_runs(vault_app, d
     report = worker.cycle()
 
     assert not report.ok and len(ran) == 1
-    assert report.results == {"broken": (False, "error: RuntimeError"), "fine": (True, "did one thing")}
+    assert report.results == {
+        "broken": (False, "error: RuntimeError"), "fine": (True, "did one thing")
+    }
     assert "worker job broken failed" in caplog.text
     assert db.session.scalars(select(WorkerHeartbeat.last_ok)).one() is False
 

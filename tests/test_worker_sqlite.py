@@ -8,46 +8,20 @@ the provider call, not merely soon after it started.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import TEST_ENCRYPTION_SECRET, TEST_SECRET_KEY
 from tests.support.builders import login, make_user
-from tests.support.provider_stub import ProviderStub
+from tests.support.gated_provider import GatedProvider
+from tests.support.processes import flask_process
 from tests.support.refresh_fixtures import OLD_ACCESS_TOKEN, load, make_connection
-from vault import PROJECT_ROOT
 from vault.models import RefreshLease, TokenKind, utcnow
 from vault.refresh.engine import Outcome
 from vault.refresh.rows import LockTimeout, lock_row
 from vault.services import service_keys
 from vault.tokens.store import token_vault
-
-HOLD_SECONDS = 8  # the longest the provider keeps the first refresh waiting
-
-
-class GatedProvider(ProviderStub):
-    """The provider stand-in, whose first token request waits for :attr:`release`."""
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.entered, self.release, self.answered = (threading.Event() for _ in range(3))
-        self._first = threading.Lock()
-
-    def _answer(self, request, respond):
-        if request.path == "/token" and self._first.acquire(blocking=False):
-            self.entered.set()
-            self.release.wait(timeout=HOLD_SECONDS)
-            try:
-                return super()._answer(request, respond)
-            finally:
-                self.answered.set()
-        return super()._answer(request, respond)
 
 
 @pytest.fixture
@@ -61,21 +35,6 @@ def stub_config(stub_config):
     # Longer than the gate: the held refresh must succeed, not time out.
     stub_config.update(VAULT_PROVIDER_TIMEOUT_SECONDS=20)
     return stub_config
-
-
-def worker_process(app_config: dict) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "ENCRYPTION_SECRET": TEST_ENCRYPTION_SECRET,
-        "DATABASE_URL": app_config["DATABASE_URL"],
-        "VAULT_PROVIDERS_FILE": app_config["VAULT_PROVIDERS_FILE"],
-        "VAULT_PROVIDER_TIMEOUT_SECONDS": "20",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "app", "vault", "worker", "--once"],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
 
 
 def test_pages_sign_in_and_hand_outs_answer_while_a_worker_refresh_waits_for_the_provider(
@@ -93,7 +52,7 @@ def test_pages_sign_in_and_hand_outs_answer_while_a_worker_refresh_waits_for_the
     assert login(staff, "viewer@example.com").status_code == 302
     bearer = {"Authorization": f"Bearer {key}"}
 
-    worker = worker_process(stub_config)
+    worker = flask_process(stub_config, "vault", "worker", "--once")
     answers: dict[str, int] = {}
     try:
         assert stub.entered.wait(timeout=60), worker.communicate(timeout=10)[0]
