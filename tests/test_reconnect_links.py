@@ -197,3 +197,39 @@ def test_connect_links_want_the_expected_verified_email(app, db):
     assert db.session.get(AccessLink, link.id).connection_id == connection.id
     actions = db.session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
     assert actions == ["connect_link.created", "connection.created", "connect_link.used"]
+
+
+def test_two_completions_at_once_consume_the_link_once(app, db, broken):
+    import threading
+
+    provider = app.extensions["providers"].get("stub")
+    url = reconnect_links.issue_reconnect_link(broken, created_by=None, now=NOW)
+    db.session.commit()
+    link_id = reconnect_links.open_link(token_of(url), NOW).id
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def attempt():
+        with app.app_context():
+            link = db.session.get(AccessLink, link_id)
+            start.wait()
+            try:
+                _complete(db, link, provider, "sub-1")
+                db.session.commit()
+                outcomes.append("stored")
+            except LinkError as error:
+                db.session.rollback()
+                outcomes.append(f"refused {error.status}")
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused 410", "stored"]
+    db.session.expire_all()
+    used = db.session.scalars(select(AuditEvent.action).where(
+        AuditEvent.action == "reconnect_link.used")).all()
+    assert len(used) == 1
