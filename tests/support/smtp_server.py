@@ -4,8 +4,8 @@
         ... VAULT_SMTP_URL=smtp.url ...
         smtp.messages  # list of email.message.EmailMessage
 
-``SmtpServer(user=..., password=...)`` requires AUTH LOGIN/PLAIN (allowed without TLS, on
-loopback only). :meth:`stop` and :meth:`start` again on the same port make a server that is
+``SmtpServer(user=..., password=...)`` offers AUTH LOGIN/PLAIN (without TLS, on loopback
+only) and records in ``logins`` whether each message's sender had logged in. :meth:`stop` and :meth:`start` again on the same port make a server that is
 down, then up.
 """
 
@@ -67,8 +67,8 @@ class SmtpServer:
         options = {}
         if self.user:
             options = {
+                # AUTH offered without TLS (loopback only); who logged in is kept in logins.
                 "authenticator": self._authenticate,
-                "auth_required": True,
                 "auth_require_tls": False,
             }
         self._controller = Controller(

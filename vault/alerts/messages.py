@@ -110,7 +110,7 @@ def compose(
     else:
         first = items[0]
         headline = first.headline
-        who = f"{first.provider_title} {first.account}" if first.account else first.provider_title
+        who = f"{first.account} at {first.provider_title}" if first.account else first.provider_title
         subject = f"{SUBJECT_PREFIX} {headline}: {who}"
     return Message(
         message_id=f"tv_notification_{notification.id}",
