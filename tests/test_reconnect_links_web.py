@@ -332,3 +332,10 @@ def test_connect_links_are_made_by_admins_only(app, viewer_client):
         "csrf_token": form_token(page.get_data(as_text=True)), "provider": "stub",
         "email": "a@example.com"})
     assert refused.status_code == 403
+
+
+def test_a_providers_connect_link_leads_to_the_form_with_it_chosen(app, admin_client):
+    start = admin_client.get("/").get_data(as_text=True)
+    assert 'href="/links?provider=stub"' in start
+    page = admin_client.get("/links?provider=stub").get_data(as_text=True)
+    assert re.search(r'<option value="stub"[^>]*selected', page)

@@ -201,6 +201,8 @@ def links():
         (provider.key, provider.title) for provider in current_app.extensions["providers"]
         if provider.is_oauth and not provider.uses_client_credentials
     ]
+    if request.method == "GET" and request.args.get("provider"):
+        form.provider.data = request.args["provider"]  # from a provider's "Connect link"
     if request.method == "POST":
         if not current_user.is_admin:
             abort(403, "Only an administrator may do this.")
