@@ -75,12 +75,14 @@ def sign_in_at_provider(page, provider, login: str) -> None:
     page.get_by_role("button", name=re.compile("Continue", re.I)).click()
 
 
-def follow(chromium, provider, url: str, login: str):
+def follow(chromium, provider, url: str, login: str, *, check=None):
     context, page = fresh_page(chromium)
     page.goto(url)
     page.get_by_role("heading", name="Reconnect your Certified IdP account").wait_for()
     assert page.locator("#link-account").inner_text() == "a***@example.test"
     assert page.get_by_role("link").count() == 0  # nothing else of the vault to go to
+    if check is not None:
+        check(page)
     page.get_by_role("button", name="Sign in with Certified IdP").click()
     sign_in_at_provider(page, provider, login)
     page.get_by_role("heading").first.wait_for()
@@ -96,11 +98,12 @@ def state(live_server, connection_id: int) -> tuple[str, int, bool]:
 
 
 def test_the_owner_reconnects_and_the_link_then_is_spent(
-    live_server, node_oidc_provider, broken, chromium, page
+    live_server, node_oidc_provider, broken, chromium, page, axe_check
 ):
     url = issue(live_server, broken)
-    context, owner = follow(chromium, node_oidc_provider, url, "alice")
+    context, owner = follow(chromium, node_oidc_provider, url, "alice", check=axe_check)
     owner.get_by_role("heading", name="Thank you").wait_for()
+    axe_check(owner)
     assert "a***@example.test" in owner.locator("main").inner_text()
     assert urlsplit(owner.url).path == "/connect/idp/callback"
     assert not any(cookie["name"] == "__Host-remember" for cookie in context.cookies())
