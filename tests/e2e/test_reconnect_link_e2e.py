@@ -7,6 +7,7 @@ visit is a fresh browser context: no vault cookie, no staff account.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -98,9 +99,11 @@ def state(live_server, connection_id: int) -> tuple[str, int, bool]:
 
 
 def test_the_owner_reconnects_and_the_link_then_is_spent(
-    live_server, node_oidc_provider, broken, chromium, page, axe_check
+    live_server, node_oidc_provider, broken, chromium, page, axe_check, caplog
 ):
+    caplog.set_level(logging.INFO)
     url = issue(live_server, broken)
+    token = url.rsplit("/", 1)[1]
     context, owner = follow(chromium, node_oidc_provider, url, "alice", check=axe_check)
     owner.get_by_role("heading", name="Thank you").wait_for()
     axe_check(owner)
@@ -118,6 +121,9 @@ def test_the_owner_reconnects_and_the_link_then_is_spent(
     page.goto(url)
     page.get_by_role("heading", name="This link cannot be used").wait_for()
     assert "already used" in page.locator("main").inner_text()
+    # The server's access log lines name the path, never the token.
+    assert '"GET /reconnect/[REDACTED] HTTP/1.1" 410' in caplog.text
+    assert token not in caplog.text
 
 
 def test_another_account_is_refused_and_nothing_is_stored(
