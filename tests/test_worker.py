@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from tests.support.refresh_fixtures import both_backends, load, make_connection, postgresql_only
 from vault.extensions import db as _db
@@ -211,3 +212,24 @@ def test_health_mentions_a_failed_last_cycle(app, viewer_client):
     add_heartbeat(5, ok=False)
     page = viewer_client.get("/health").get_data(as_text=True)
     assert "its last cycle had failures" in page
+
+
+@both_backends
+def test_database_trouble_in_a_claim_or_the_heartbeat_does_not_end_the_worker(
+    vault_app, db, monkeypatch, caplog
+):
+    from vault.worker import runner
+
+    def unavailable(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(runner.schedule, "claim", unavailable)
+    monkeypatch.setattr(runner.heartbeat, "beat", unavailable)
+    ran = []
+    jobs = [Job("hourly", lambda now: ran.append(now) or True, every=timedelta(hours=1)),
+            Job("each-cycle", lambda now: ran.append(now) or True)]
+    report = Worker(vault_app, interval_seconds=60, jobs=jobs).cycle()
+
+    assert report.results["hourly"] == (False, "error: OperationalError")
+    assert report.results["each-cycle"][0] is True and len(ran) == 1
+    assert "heartbeat not recorded" in caplog.text

@@ -96,13 +96,17 @@ class Worker:
             if outcome is not None:
                 report.results[job.name] = outcome
         with self.app.app_context():
-            heartbeat.beat(
-                self.worker_id,
-                started_at=self.started_at,
-                now=token_vault.clock(),
-                interval_seconds=self.interval_seconds,
-                ok=report.ok,
-            )
+            try:
+                heartbeat.beat(
+                    self.worker_id,
+                    started_at=self.started_at,
+                    now=token_vault.clock(),
+                    interval_seconds=self.interval_seconds,
+                    ok=report.ok,
+                )
+            except Exception:  # noqa: BLE001 - a database outage must not end the worker
+                db.session.rollback()
+                self.app.logger.exception("worker %s: heartbeat not recorded", self.worker_id)
             self.app.logger.info("worker %s: %s", self.worker_id, report.line())
         if self.on_cycle is not None:
             self.on_cycle(report)
@@ -111,12 +115,15 @@ class Worker:
     def _run_job(self, job: Job) -> tuple[bool, str] | None:
         """Run one job in an app context of its own; None when a scheduled job was not due."""
         with self.app.app_context():
-            now = token_vault.clock()
-            if job.every is not None and not schedule.claim(job, now, self.worker_id):
-                return None
-            timer = time.perf_counter()
+            now, timer, claimed = token_vault.clock(), time.perf_counter(), False
             with job_context(self._stop.is_set) as notes:
+                # Exceptions of the claim too (a database outage): the worker lives on and
+                # tries again next cycle, rather than taking `make run`'s web server down.
                 try:
+                    if job.every is not None:
+                        claimed = schedule.claim(job, now, self.worker_id)
+                        if not claimed:
+                            return None
                     ok = bool(job.run(now))
                 except Exception as error:  # noqa: BLE001 - one failing job must not stop others
                     db.session.rollback()
@@ -125,6 +132,10 @@ class Worker:
                     ok = False
                     notes.append(f"error: {type(error).__name__}")
             summary = "; ".join(notes) or f"{time.perf_counter() - timer:.1f} s"
-            if job.every is not None:
-                schedule.record(job, token_vault.clock(), ok, summary)
+            if claimed:
+                try:
+                    schedule.record(job, token_vault.clock(), ok, summary)
+                except Exception:  # noqa: BLE001 - as above
+                    db.session.rollback()
+                    self.app.logger.exception("worker job %s: outcome not recorded", job.name)
             return ok, summary
