@@ -181,7 +181,9 @@ def test_reconnecting_sends_recovered(vault_app, db, stub, smtp, receiver):
     alerts_job(utcnow())
     events = [r.json()["type"] for r in receiver.requests]
     assert events == [NEEDS_RECONNECT, RECOVERED]
-    assert smtp.messages[1]["Subject"].startswith("[Token Vault] Working again: account-1@example.com at Acme")
+    assert smtp.messages[1]["Subject"] == (
+        "[Token Vault] Working again: account-1@example.com at Acme"
+    )
     assert receiver.requests[1].json()["data"]["reconnect_url"] is None
 
 
@@ -231,7 +233,9 @@ def test_expiring_credentials_nothing_renews(vault_app, db, stub, receiver):
     db.session.commit()
 
     found = rules.expiring_connections(now, timedelta(days=7))
-    assert [(e.connection.id, e.kind) for e in found] == [(key_id, "api_key"), (refresh_id, "refresh")]
+    assert [(e.connection.id, e.kind) for e in found] == [
+        (key_id, "api_key"), (refresh_id, "refresh")
+    ]
     for _ in range(3):
         alerts_job(now)
     bodies = [r.json() for r in receiver.requests]

@@ -128,7 +128,17 @@ def register_alerts(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
-    from vault.web import api, audit, auth, connect, connections, health, providers, reconnect
+    from vault.web import (
+        alerts,
+        api,
+        audit,
+        auth,
+        connect,
+        connections,
+        health,
+        providers,
+        reconnect,
+    )
     from vault.web.filters import init_filters
 
     app.register_blueprint(providers.bp)
@@ -139,6 +149,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(audit.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(reconnect.bp)
+    app.register_blueprint(alerts.bp)
     init_filters(app)
 
 

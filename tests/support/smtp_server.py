@@ -5,8 +5,8 @@
         smtp.messages  # list of email.message.EmailMessage
 
 ``SmtpServer(user=..., password=...)`` offers AUTH LOGIN/PLAIN (without TLS, on loopback
-only) and records in ``logins`` whether each message's sender had logged in. :meth:`stop` and :meth:`start` again on the same port make a server that is
-down, then up.
+only) and records in ``logins`` whether each message's sender had logged in. :meth:`stop`,
+then :meth:`start` again on the same port, make a server that is down, then up.
 """
 
 from __future__ import annotations

@@ -96,18 +96,40 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
             _state_change(session, instance, now)
 
 
-def _old(connection: Connection, attribute: str) -> Any:
-    history = inspect(connection).attrs[attribute].history
-    if history.deleted:
-        return history.deleted[0]
-    return getattr(connection, attribute)
+def _before(session: Session, connection: Connection, names: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``names`` before this flush's changes.
+
+    An attribute set on an expired instance (after a commit) has no old value in its history:
+    the row, not yet flushed, still holds it.
+    """
+    state = inspect(connection)
+    old: dict[str, Any] = {}
+    unknown = []
+    for name in names:
+        history = state.attrs[name].history
+        if history.deleted:
+            old[name] = history.deleted[0]
+        elif history.added:
+            unknown.append(name)
+        else:
+            old[name] = getattr(connection, name)
+    if unknown:
+        table = Connection.__table__
+        with session.no_autoflush:
+            row = session.execute(
+                select(*(table.c[name] for name in unknown)).where(table.c.id == connection.id)
+            ).one()
+        old.update(zip(unknown, row, strict=True))
+    return old
 
 
 def _state_change(session: Session, connection: Connection, now: datetime) -> None:
-    old_status, status = _old(connection, "status"), connection.status
-    old_failures, failures = _old(connection, "failure_count") or 0, connection.failure_count or 0
+    with session.no_autoflush:
+        before = _before(session, connection, ("status", "failure_count", "failing_since"))
+    old_status, status = before["status"], connection.status
+    old_failures, failures = before["failure_count"] or 0, connection.failure_count or 0
     # failing_since follows failure_count: set by the first transient failure, cleared with it.
-    old_failing_since = connection.failing_since
+    old_failing_since = before["failing_since"]
     if failures and not old_failures and connection.failing_since is None:
         connection.failing_since = now
     elif not failures and connection.failing_since is not None:

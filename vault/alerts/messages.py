@@ -110,7 +110,9 @@ def compose(
     else:
         first = items[0]
         headline = first.headline
-        who = f"{first.account} at {first.provider_title}" if first.account else first.provider_title
+        who = first.provider_title
+        if first.account:
+            who = f"{first.account} at {who}"
         subject = f"{SUBJECT_PREFIX} {headline}: {who}"
     return Message(
         message_id=f"tv_notification_{notification.id}",

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from vault.audit import StaffActor
 from vault.extensions import db, limiter
 from vault.models import utcnow
+from vault.queries.alerts import failing_channels
 from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
 from vault.queries.health import (
     LATE_AFTER_INTERVALS,
@@ -69,6 +70,7 @@ def index():
         windows=_windows(),
         worker=worker_status(now),
         late_after=LATE_AFTER_INTERVALS,
+        failing_channels=failing_channels(now),
     )
 
 

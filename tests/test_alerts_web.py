@@ -1,0 +1,152 @@
+"""The alerts page (admins only), its test button, and /health's warning for a channel that
+keeps failing; channel settings checked at start-up; Slack's message."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.support.builders import csrf_token
+from tests.support.smtp_server import SmtpServer, free_port
+from tests.support.webhook_receiver import WebhookReceiver
+from vault import create_app
+from vault.alerts.channels import SlackChannel
+from vault.alerts.delivery import deliver_pending, dispatch, message_for
+from vault.alerts.events import NEEDS_RECONNECT
+from vault.extensions import db
+from vault.models import AuditEvent, Connection, Notification, utcnow
+from vault.tokens.store import token_vault
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SMTP_PASSWORD = "smtp-password-never-shown"
+
+
+@pytest.fixture
+def smtp():
+    with SmtpServer(user="alerts", password=SMTP_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def app_config(app_config, smtp, receiver):
+    return {
+        **app_config,
+        "VAULT_BASE_URL": "https://vault.example.com",
+        "VAULT_SMTP_URL": smtp.url,
+        "VAULT_MAIL_FROM": "vault@example.com",
+        "VAULT_ALERT_EMAILS": "ops@example.com",
+        "VAULT_ALERT_WEBHOOK_URL": f"{receiver.url}/secret-path-part",
+        "VAULT_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+
+
+def broken_connection() -> Connection:
+    connection = Connection(provider="acme", account_subject="s", account_email="jo@example.com")
+    db.session.add(connection)
+    db.session.commit()
+    token_vault.mark_invalid(connection, "invalid_grant: revoked")
+    db.session.commit()
+    return connection
+
+
+def test_the_page_is_for_admins_and_shows_hosts_never_secrets(
+    app, admin_client, viewer_client, receiver
+):
+    assert viewer_client.get("/alerts").status_code == 403
+    assert viewer_client.post("/alerts/test", data={
+        "csrf_token": csrf_token(viewer_client, "/health")}).status_code == 403
+    broken_connection()
+    dispatch(utcnow())
+    deliver_pending(utcnow())
+    page = admin_client.get("/alerts").get_data(as_text=True)
+    assert "127.0.0.1:" in page and "ops@example.com" in page
+    for secret in (SMTP_PASSWORD, WEBHOOK_SECRET, "secret-path-part", "/reconnect/"):
+        assert secret not in page
+    assert NEEDS_RECONNECT in page and "jo@example.com" in page
+    assert page.count("delivered") >= 2
+
+
+def test_send_test_alert_delivers_now_and_is_audited(app, admin_client, smtp, receiver):
+    answer = admin_client.post(
+        "/alerts/test", data={"csrf_token": csrf_token(admin_client, "/alerts")},
+        follow_redirects=True,
+    )
+    assert "Test alert accepted by 2 channel(s)." in answer.get_data(as_text=True)
+    assert smtp.messages[0]["Subject"] == "[Token Vault] Test alert"
+    assert receiver.requests[0].json()["type"] == "vault.test"
+    actions = db.session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
+    assert actions[-1] == "alerts.test_sent"
+    assert admin_client.post("/alerts/test").status_code == 400  # no CSRF token
+
+
+def test_a_channel_that_keeps_failing_shows_on_health(app, admin_client, viewer_client, receiver):
+    receiver.status = 500
+    broken_connection()
+    now = utcnow()
+    dispatch(now)
+    for hours in range(4):
+        deliver_pending(now + timedelta(hours=hours))
+    page = viewer_client.get("/health").get_data(as_text=True)
+    assert "Alert channel <strong>webhook</strong> keeps failing" in page
+    assert "HTTP 500" in page and "secret-path-part" not in page
+    assert "<strong>email</strong>" not in page
+    assert "Alerts</a>" in admin_client.get("/health").get_data(as_text=True)
+
+
+def test_slack_gets_a_readable_message(app, receiver):
+    broken_connection()
+    dispatch(utcnow())
+    notification = db.session.scalars(select(Notification)).one()
+    SlackChannel(f"{receiver.url}/services/T0/B0/xyz").send(message_for(notification))
+    [post] = receiver.requests
+    text = post.json()["text"]
+    assert text.startswith("*Reconnect needed*")
+    assert "acme: jo@example.com" in text and "invalid_grant: revoked" in text
+    assert "<https://vault.example.com/connections/" in text
+    assert "|Reconnect link for the account" not in text  # acme is not in the providers file
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"VAULT_SMTP_URL": "http://mail.example.com"}, "VAULT_SMTP_URL must look like"),
+    ({"VAULT_SMTP_URL": "smtp://user@mail.example.com:587"}, "both a user and a password"),
+    ({"VAULT_ALERT_EMAILS": ""}, "VAULT_ALERT_EMAILS is empty"),
+    ({"VAULT_ALERT_EMAILS": "ops@example.com, nobody"}, "'nobody' is not an e-mail"),
+    ({"VAULT_MAIL_FROM": ""}, "VAULT_MAIL_FROM is not set"),
+    ({"VAULT_ALERT_WEBHOOK_SECRET": "plain-secret-value"}, "whsec_ followed by base64"),
+    ({"VAULT_ALERT_WEBHOOK_SECRET": ""}, "whsec_ followed by base64"),
+    ({"VAULT_ALERT_WEBHOOK_URL": "ftp://x"}, "VAULT_ALERT_WEBHOOK_URL must be"),
+    ({"VAULT_ALERT_SLACK_WEBHOOK_URL": "http://hooks.slack.com/services/a"}, "must be an https"),
+    ({"VAULT_BASE_URL": ""}, "VAULT_BASE_URL is not"),
+])
+def test_channel_settings_that_cannot_work_stop_start_up(app_config, changes, message):
+    config = {**app_config, **changes}
+    with pytest.raises(SystemExit) as stopped:
+        create_app(config)
+    text = str(stopped.value)
+    assert text.startswith("Token Vault cannot start:") and message in text
+    assert "plain-secret-value" not in text and SMTP_PASSWORD not in text
+
+
+def test_smtps_is_implicit_tls(app):
+    # Nothing speaks TLS on this port: the channel fails in the TLS handshake, not in plain SMTP.
+    from vault.alerts.channels import ChannelError, EmailChannel
+
+    port = free_port()
+    channel = EmailChannel(f"smtps://u:{SMTP_PASSWORD}@127.0.0.1:{port}", "v@example.com",
+                           ["ops@example.com"])
+    assert channel.target == f"ops@example.com via 127.0.0.1:{port}"
+    broken_connection()
+    dispatch(utcnow())
+    with pytest.raises(ChannelError) as failed:
+        channel.send(message_for(db.session.scalars(select(Notification)).one()))
+    assert SMTP_PASSWORD not in str(failed.value) and "ConnectionRefused" in str(failed.value)
