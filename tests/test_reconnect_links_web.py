@@ -108,6 +108,7 @@ def test_the_owner_reconnects_with_no_staff_session(app, stub, broken, caplog):
     assert landing.status_code == 200
     assert "Stub IdP" in page and "o***@example.com" in page and ACCOUNT["email"] not in page
     assert 'href="/connections' not in page and "Sign out" not in page  # nothing of the vault
+    assert token not in page
     assert landing.headers["Cache-Control"] == "no-store"
     assert "frame-ancestors 'none'" in landing.headers["Content-Security-Policy"]
     assert landing.headers["Referrer-Policy"] == "no-referrer"
@@ -120,6 +121,7 @@ def test_the_owner_reconnects_with_no_staff_session(app, stub, broken, caplog):
     text = done.get_data(as_text=True)
     assert done.status_code == 200, text
     assert "Thank you" in text and "o***@example.com" in text
+    assert token not in text and "<a " not in text
 
     db.session.expire_all()
     connection = db.session.get(Connection, broken.id)

@@ -168,7 +168,7 @@ def describe(link: AccessLink) -> LinkView:
     title = provider.title if provider is not None else link.provider
     if link.kind == LinkKind.RECONNECT.value:
         connection = db.session.get(Connection, link.connection_id)
-        shown = connection.account_email or connection.account_name or "" if connection else ""
+        shown = (connection.account_email or connection.account_name or "") if connection else ""
         account = mask_email(shown) if "@" in shown else shown or "the connected account"
     else:
         account = mask_email(link.expected_email or "")
