@@ -38,6 +38,8 @@ pytest_plugins = [
     "tests.support.refresh_fixtures",
     # users: the Connect tests' admin and viewer
     "tests.support.connect_flow",
+    # smtp, receiver, alert_settings: the alert tests' SMTP server and webhook receiver
+    "tests.support.alert_fixtures",
 ]
 
 

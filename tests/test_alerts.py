@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 from standardwebhooks import Webhook
 
+from tests.support.alert_fixtures import BASE_URL, SMTP_PASSWORD, WEBHOOK_PATH, WEBHOOK_SECRET
 from tests.support.refresh_fixtures import (
     OLD_ACCESS_TOKEN,
     both_backends,
@@ -20,8 +21,6 @@ from tests.support.refresh_fixtures import (
     make_api_key_connection,
     make_connection,
 )
-from tests.support.smtp_server import SmtpServer
-from tests.support.webhook_receiver import WebhookReceiver
 from vault.alerts import delivery, rules
 from vault.alerts.events import NEEDS_RECONNECT, RECOVERED, REFRESH_FAILING
 from vault.models import (
@@ -39,36 +38,11 @@ from vault.worker.jobs import alerts_job
 
 pytestmark = [both_backends, pytest.mark.shared_postgres_database]
 
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-SMTP_PASSWORD = "smtp-password-never-shown"
-BASE_URL = "https://vault.example.com"
-
-
 @pytest.fixture
-def smtp():
-    with SmtpServer(user="alerts", password=SMTP_PASSWORD) as server:
-        yield server
-
-
-@pytest.fixture
-def receiver():
-    with WebhookReceiver() as server:
-        yield server
-
-
-@pytest.fixture
-def stub_config(stub_config, smtp, receiver):
+def stub_config(stub_config, alert_settings):
     """The refresh tests' stub providers, with e-mail and webhook channels (in place: the
     ``app`` fixture reads this same mapping)."""
-    stub_config.update({
-        "VAULT_BASE_URL": BASE_URL,
-        "VAULT_SMTP_URL": smtp.url,
-        "VAULT_MAIL_FROM": "vault@example.com",
-        "VAULT_ALERT_EMAILS": "ops@example.com, oncall@example.com",
-        "VAULT_ALERT_WEBHOOK_URL": f"{receiver.url}/hooks/vault",
-        "VAULT_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        # Slack insists on https; the test receiver speaks http, so Slack has its own test.
-    })
+    stub_config.update(alert_settings)
     return stub_config
 
 
@@ -98,6 +72,7 @@ def test_a_revoked_connection_is_mailed_and_posted_signed_with_a_reconnect_link(
     assert smtp.logins == [True]
     assert mail["Subject"] == "[Token Vault] Reconnect needed: jane@example.com at Acme"
     assert mail["To"] == "ops@example.com, oncall@example.com"
+    assert mail["From"] == "vault@example.com"
     plain = mail.get_body(("plain",)).get_content()
     html = mail.get_body(("html",)).get_content()
     [link] = db.session.scalars(select(AccessLink)).all()
@@ -111,7 +86,7 @@ def test_a_revoked_connection_is_mailed_and_posted_signed_with_a_reconnect_link(
     assert reconnect_links.open_link(url.rsplit("/", 1)[1], utcnow()).id == link.id
 
     [hook] = receiver.requests
-    assert hook.path == "/hooks/vault"
+    assert hook.path == WEBHOOK_PATH
     payload = Webhook(WEBHOOK_SECRET).verify(hook.body, hook.headers)
     assert payload["type"] == NEEDS_RECONNECT
     assert set(payload) == {"type", "timestamp", "data"}
@@ -283,7 +258,7 @@ def test_channels_down_then_up_deliver_everything_once(vault_app, db, stub, smtp
     # One try per channel, then the channel counts as down for the rest of the run.
     assert sorted(a.channel for a in attempts) == ["email", "webhook"]
     assert not any(a.ok for a in attempts)
-    assert all(a.error and SMTP_PASSWORD not in a.error and "/hooks/" not in a.error
+    assert all(a.error and SMTP_PASSWORD not in a.error and WEBHOOK_PATH not in a.error
                for a in attempts)
     assert "HTTP 503" in next(a.error for a in attempts if a.channel == "webhook")
 
@@ -302,7 +277,7 @@ def test_back_off_grows_while_a_channel_stays_down(vault_app, db, stub, receiver
     connection_id = make_connection(stub)
     revoke_at_provider(stub, connection_id)
     receiver.status = 503
-    now = utcnow()
+    now = utcnow() + timedelta(hours=1)  # ahead of the clock: each attempt happens at `moment`
     delivery.dispatch(now)
     gaps = []
     moment = now
@@ -314,4 +289,4 @@ def test_back_off_grows_while_a_channel_stays_down(vault_app, db, stub, receiver
         gaps.append(row.next_attempt_at - moment)
         moment = row.next_attempt_at
         db.session.rollback()
-    assert [round(gap.total_seconds()) for gap in gaps] == [30, 60, 120, 240]
+    assert gaps == [timedelta(seconds=30 * 2**n) for n in range(4)]

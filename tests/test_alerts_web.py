@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from tests.support.alert_fixtures import SMTP_PASSWORD, WEBHOOK_PATH, WEBHOOK_SECRET
 from tests.support.builders import csrf_token
-from tests.support.smtp_server import SmtpServer, free_port
-from tests.support.webhook_receiver import WebhookReceiver
+from tests.support.smtp_server import free_port
 from vault import create_app
 from vault.alerts.channels import SlackChannel
 from vault.alerts.delivery import deliver_pending, dispatch, message_for
@@ -21,33 +21,9 @@ from vault.tokens.store import token_vault
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-SMTP_PASSWORD = "smtp-password-never-shown"
-
-
 @pytest.fixture
-def smtp():
-    with SmtpServer(user="alerts", password=SMTP_PASSWORD) as server:
-        yield server
-
-
-@pytest.fixture
-def receiver():
-    with WebhookReceiver() as server:
-        yield server
-
-
-@pytest.fixture
-def app_config(app_config, smtp, receiver):
-    return {
-        **app_config,
-        "VAULT_BASE_URL": "https://vault.example.com",
-        "VAULT_SMTP_URL": smtp.url,
-        "VAULT_MAIL_FROM": "vault@example.com",
-        "VAULT_ALERT_EMAILS": "ops@example.com",
-        "VAULT_ALERT_WEBHOOK_URL": f"{receiver.url}/secret-path-part",
-        "VAULT_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-    }
+def app_config(app_config, alert_settings):
+    return {**app_config, **alert_settings}
 
 
 def broken_connection() -> Connection:
@@ -69,8 +45,8 @@ def test_the_page_is_for_admins_and_shows_hosts_never_secrets(
     dispatch(utcnow())
     deliver_pending(utcnow())
     page = admin_client.get("/alerts").get_data(as_text=True)
-    assert "127.0.0.1:" in page and "ops@example.com" in page
-    for secret in (SMTP_PASSWORD, WEBHOOK_SECRET, "secret-path-part", "/reconnect/"):
+    assert "127.0.0.1:" in page and "ops@example.com, oncall@example.com via" in page
+    for secret in (SMTP_PASSWORD, WEBHOOK_SECRET, WEBHOOK_PATH, "/reconnect/"):
         assert secret not in page
     assert NEEDS_RECONNECT in page and "jo@example.com" in page
     assert page.count("delivered") >= 2
@@ -98,7 +74,7 @@ def test_a_channel_that_keeps_failing_shows_on_health(app, admin_client, viewer_
         deliver_pending(now + timedelta(hours=hours))
     page = viewer_client.get("/health").get_data(as_text=True)
     assert "Alert channel <strong>webhook</strong> keeps failing" in page
-    assert "HTTP 500" in page and "secret-path-part" not in page
+    assert "HTTP 500" in page and WEBHOOK_PATH not in page
     assert "<strong>email</strong>" not in page
     assert "Alerts</a>" in admin_client.get("/health").get_data(as_text=True)
 
