@@ -82,7 +82,12 @@ def back_from_provider(browser, stub, params):
 
 
 def run_link(browser, stub, path):
-    return back_from_provider(browser, stub, open_and_start(browser, path))
+    """Open, start, consent; the page the browser ends on (the thank-you page on success)."""
+    answer = back_from_provider(browser, stub, open_and_start(browser, path))
+    if answer.status_code != 302:
+        return answer
+    assert answer.headers["Location"] == "/reconnect/done"
+    return browser.get("/reconnect/done")
 
 
 def stored_tokens() -> int:
@@ -117,11 +122,15 @@ def test_the_owner_reconnects_with_no_staff_session(app, stub, broken, caplog):
     assert params["redirect_uri"] == "http://localhost/connect/stub/callback"
     assert params["code_challenge_method"] == "S256" and params["nonce"] and params["state"]
     assert token not in str(params)
-    done = back_from_provider(browser, stub, params)
+    answer = back_from_provider(browser, stub, params)
+    assert answer.status_code == 302 and answer.headers["Location"] == "/reconnect/done"
+    done = browser.get("/reconnect/done")
     text = done.get_data(as_text=True)
     assert done.status_code == 200, text
-    assert "Thank you" in text and "o***@example.com" in text
+    assert "Thank you" in text and "Your Stub IdP account o***@example.com is connected" in text
     assert token not in text and "<a " not in text
+    again = browser.get("/reconnect/done").get_data(as_text=True)  # a reload: no callback rerun
+    assert "Thank you" in again and "o***@example.com" not in again
 
     db.session.expire_all()
     connection = db.session.get(Connection, broken.id)

@@ -108,7 +108,7 @@ def test_the_owner_reconnects_and_the_link_then_is_spent(
     owner.get_by_role("heading", name="Thank you").wait_for()
     axe_check(owner)
     assert "a***@example.test" in owner.locator("main").inner_text()
-    assert urlsplit(owner.url).path == "/connect/idp/callback"
+    assert urlsplit(owner.url).path == "/reconnect/done"  # the code and state left the address bar
     assert not any(cookie["name"] == "__Host-remember" for cookie in context.cookies())
     context.close()
 

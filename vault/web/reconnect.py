@@ -13,6 +13,7 @@ from flask import (
     Blueprint,
     abort,
     current_app,
+    flash,
     make_response,
     redirect,
     render_template,
@@ -127,11 +128,19 @@ def finish_flow(provider: Provider, client: ProviderClient, link_id: int):
         db.session.rollback()
         return _refused(link_id, "Another sign-in with this account finished at the same "
                         "moment. Nothing was stored by this one.", 409)
-    return render_template(
-        "reconnect/done.html", provider=provider.title,
-        account=reconnect_links.mask_email(connection.account_email or "")
-        if connection.account_email else connection.account_name or "your account",
-    )
+    shown = (reconnect_links.mask_email(connection.account_email)
+             if connection.account_email else connection.account_name)
+    # Off the callback URL (its code and state) at once; a reload then shows the same page
+    # without running the callback again. The flash holds the masked account, no secret.
+    flash(f"Your {provider.title} account{f' {shown}' if shown else ''} is connected.",
+          "success")
+    return redirect(url_for("reconnect.done"))
+
+
+@bp.get(reconnect_links.LINK_PATH + "done")
+def done():
+    """The thank-you page after a link was used: nothing else of the vault."""
+    return render_template("reconnect/done.html")
 
 
 def _usable_link(token: str) -> AccessLink | ResponseReturnValue:

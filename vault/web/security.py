@@ -59,6 +59,7 @@ PUBLIC_ENDPOINTS = frozenset({
     # Reconnect and connect links: the link's token is the credential (vault/web/reconnect.py).
     "reconnect.landing",
     "reconnect.begin",
+    "reconnect.done",
 })
 # Answered without looking at the session: a liveness probe must not need the users table.
 SESSIONLESS_ENDPOINTS = frozenset({"static", "health.healthz"})
