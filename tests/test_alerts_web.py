@@ -126,3 +126,52 @@ def test_smtps_is_implicit_tls(app):
     with pytest.raises(ChannelError) as failed:
         channel.send(message_for(db.session.scalars(select(Notification)).one()))
     assert SMTP_PASSWORD not in str(failed.value) and "ConnectionRefused" in str(failed.value)
+
+
+def test_smtp_uses_starttls_when_offered_and_then_logs_in(app, tmp_path, monkeypatch):
+    from tests.support.smtp_server import SmtpServer
+    from vault.alerts.channels import EmailChannel
+
+    with SmtpServer(user="alerts", password=SMTP_PASSWORD, tls_dir=tmp_path) as server:
+        monkeypatch.setenv("SSL_CERT_FILE", server.ca_file)  # trust the test certificate
+        broken_connection()
+        dispatch(utcnow())
+        message = message_for(db.session.scalars(select(Notification)).one())
+        EmailChannel(server.url, "vault@example.com", ["ops@example.com"]).send(message)
+    assert server.encrypted == [True] and server.logins == [True]
+    assert server.messages[0]["Subject"].startswith("[Token Vault] Reconnect needed")
+
+
+def test_an_event_about_a_provider_goes_out_without_a_connection(app, receiver, smtp):
+    from vault.alerts.events import add_once
+
+    event = "provider.client_secret_expiring"
+    add_once(db.session, event, f"{event}:acme:1", provider="acme", connection_id=None,
+             details={"provider": "acme", "reason": "Its client secret expires on 1 Jan 2027."})
+    db.session.commit()
+    dispatch(utcnow())
+    assert deliver_pending(utcnow()).ok
+    body = receiver.requests[0].json()
+    assert body["type"] == "provider.client_secret_expiring"
+    assert body["data"] == {"provider": {
+        "key": "acme", "title": "acme", "reason": "Its client secret expires on 1 Jan 2027.",
+        "url": "https://vault.example.com/"}}
+    assert "client secret expires" in smtp.messages[0].get_body(("plain",)).get_content()
+
+
+def test_old_alerts_with_nothing_left_to_send_are_pruned(app, receiver):
+    from vault.alerts.delivery import prune
+    from vault.models import DeliveryAttempt, NotificationDelivery
+
+    broken_connection()
+    now = utcnow()
+    dispatch(now)
+    receiver.status = 503
+    deliver_pending(now)  # e-mail delivered, the webhook waits
+    assert prune(now + timedelta(days=91)) == 0
+    receiver.status = 200
+    deliver_pending(now + timedelta(days=1))
+    assert prune(now + timedelta(days=89)) == 0
+    assert prune(now + timedelta(days=91)) == 1
+    for model in (Notification, NotificationDelivery, DeliveryAttempt):
+        assert db.session.scalars(select(model)).all() == []

@@ -75,7 +75,9 @@ class EmailChannel:
         mail["From"] = self._sender
         mail["To"] = ", ".join(self._recipients)
         mail["Date"] = formatdate(localtime=False, usegmt=True)
-        mail["Message-ID"] = make_msgid(idstring=message.message_id)
+        mail["Message-ID"] = make_msgid(
+            idstring=message.message_id, domain=self._sender.rpartition("@")[2]
+        )
         mail.set_content(message.text())
         mail.add_alternative(message.html(), subtype="html")
         context = ssl.create_default_context()

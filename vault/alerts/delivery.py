@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, exists, or_, select, update
 
 from vault.alerts.channels import TIMEOUT_SECONDS, Channel, ChannelError
 from vault.alerts.events import BREAKING, DIGEST, NEEDS_RECONNECT, TEST
@@ -48,6 +48,9 @@ LEASE = timedelta(seconds=4 * TIMEOUT_SECONDS + 20)
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(hours=1)
 GIVE_UP_AFTER = timedelta(days=3)
+# Alerts whose deliveries are all done are kept this long (the page lists the newest), then
+# deleted with their deliveries and attempts.
+KEEP_FOR = timedelta(days=90)
 
 
 @dataclass
@@ -299,3 +302,34 @@ def send_test_alert(requested_by: str, now: datetime) -> Notification:
         ))
     return notification
 
+
+
+def prune(now: datetime) -> int:
+    """Delete alerts older than :data:`KEEP_FOR` with nothing left to send; commits.
+
+    Returns how many alerts went (their deliveries and attempts go with them).
+    """
+    waiting = exists().where(
+        NotificationDelivery.notification_id == Notification.id,
+        NotificationDelivery.status == DeliveryStatus.PENDING.value,
+    )
+    old = select(Notification.id).where(
+        Notification.created_at < now - KEEP_FOR,
+        Notification.dispatched_at.is_not(None),
+        ~waiting,
+    )
+    ids = list(db.session.scalars(old))
+    if ids:
+        deliveries = select(NotificationDelivery.id).where(
+            NotificationDelivery.notification_id.in_(ids)
+        )
+        db.session.execute(delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(deliveries)))
+        db.session.execute(
+            delete(NotificationDelivery).where(NotificationDelivery.notification_id.in_(ids))
+        )
+        db.session.execute(
+            update(Notification).where(Notification.digest_id.in_(ids)).values(digest_id=None)
+        )
+        db.session.execute(delete(Notification).where(Notification.id.in_(ids)))
+    db.session.commit()
+    return len(ids)

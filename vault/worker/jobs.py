@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 
 from vault.alerts import rules
-from vault.alerts.delivery import deliver_pending, dispatch
+from vault.alerts.delivery import deliver_pending, dispatch, prune
 from vault.refresh.batch import refresh_due
 
 
@@ -89,9 +89,16 @@ def alerts_job(now: datetime) -> bool:
     return report.ok
 
 
+def prune_alerts_job(now: datetime) -> bool:
+    """Delete alerts older than 90 days that have nothing left to send."""
+    note(f"alerts pruned: {prune(now)}")
+    return True
+
+
 def default_jobs() -> list[Job]:
     """The jobs of every worker cycle, in order."""
     return [
         Job("refresh-due", refresh_due_job),
         Job("alerts", alerts_job),
+        Job("prune-alerts", prune_alerts_job, every=timedelta(days=1)),
     ]
