@@ -6,6 +6,7 @@ the caller's to say (vault/alerts). Never decrypts: a reconnect link is never re
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -74,8 +75,8 @@ def channel_activity(channel: str) -> ChannelActivity:
     )
 
 
-def failing_channels(now: datetime) -> list[FailingChannel]:
-    """Channels that keep failing (see :data:`FAILING_AFTER_ATTEMPTS`), by name."""
+def failing_channels(now: datetime, configured: Collection[str]) -> list[FailingChannel]:
+    """The ``configured`` channels that keep failing (see :data:`FAILING_AFTER_ATTEMPTS`)."""
     stuck = (
         (NotificationDelivery.status == DeliveryStatus.PENDING.value)
         & (NotificationDelivery.attempts >= FAILING_AFTER_ATTEMPTS)
@@ -85,7 +86,7 @@ def failing_channels(now: datetime) -> list[FailingChannel]:
     )
     rows = db.session.execute(
         select(NotificationDelivery.channel, func.count(NotificationDelivery.id))
-        .where(stuck)
+        .where(stuck, NotificationDelivery.channel.in_(list(configured)))
         .group_by(NotificationDelivery.channel)
         .order_by(NotificationDelivery.channel)
     ).all()

@@ -25,7 +25,7 @@ def index():
     return render_template(
         "alerts/index.html",
         channels=[(channel, channel_activity(channel.name)) for channel in channels],
-        failing={f.channel for f in failing_channels(now)},
+        failing={f.channel for f in failing_channels(now, [c.name for c in channels])},
         notifications=recent_notifications(),
         now=now,
     )

@@ -70,7 +70,9 @@ def index():
         windows=_windows(),
         worker=worker_status(now),
         late_after=LATE_AFTER_INTERVALS,
-        failing_channels=failing_channels(now),
+        failing_channels=failing_channels(
+            now, [channel.name for channel in current_app.extensions["alert_channels"]]
+        ),
     )
 
 
