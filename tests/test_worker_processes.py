@@ -30,6 +30,13 @@ def stub():
         yield provider
 
 
+@pytest.fixture
+def stub_config(stub_config):
+    # Longer than the gate's ceiling: the held refresh must succeed, not time out.
+    stub_config.update(VAULT_PROVIDER_TIMEOUT_SECONDS=HOLD_SECONDS + 10)
+    return stub_config
+
+
 def test_sigterm_lets_the_refresh_in_hand_finish_then_the_worker_exits(vault_app, db, stub,
                                                                         stub_config):
     first = make_connection(stub, subject="first", expires_in=30)

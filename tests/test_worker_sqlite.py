@@ -2,8 +2,9 @@
 flight holds no write lock (vault/refresh/rows.py, "leases").
 
 The worker is a real ``flask vault worker --once`` process; its provider answers only when
-the test releases it (or after 8 s), so what the web app does meanwhile is causally during
-the provider call, not merely soon after it started.
+the test releases it (at the latest after ``HOLD_SECONDS``, so a broken test cannot hang),
+so what the web app does meanwhile is causally during the provider call, not merely soon
+after it started.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.builders import login, make_user
-from tests.support.gated_provider import GatedProvider
+from tests.support.gated_provider import HOLD_SECONDS, GatedProvider
 from tests.support.processes import flask_process
 from tests.support.refresh_fixtures import OLD_ACCESS_TOKEN, load, make_connection
 from vault.models import RefreshLease, TokenKind, utcnow
@@ -32,8 +33,8 @@ def stub():
 
 @pytest.fixture
 def stub_config(stub_config):
-    # Longer than the gate: the held refresh must succeed, not time out.
-    stub_config.update(VAULT_PROVIDER_TIMEOUT_SECONDS=20)
+    # Longer than the gate's ceiling: the held refresh must succeed, not time out.
+    stub_config.update(VAULT_PROVIDER_TIMEOUT_SECONDS=HOLD_SECONDS + 10)
     return stub_config
 
 

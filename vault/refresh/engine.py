@@ -231,37 +231,31 @@ class RefreshEngine:
         )
         used = rows.ciphertexts(tokens)
         secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
+        answer: NewTokens | None = None
+        failure: GrantRejected | ProviderFailure | None = None
         # On SQLite only the lease is held here: this session has no write transaction open.
         try:
             answer = grant.request(provider, credentials, now=now)
         except NotRefreshable as error:
             return finish(Outcome.UNAVAILABLE, str(error))
-        except GrantRejected as error:
-            if rows.ciphertexts(rows.read_tokens(connection)) != used:
-                return finish(Outcome.ALREADY_FRESH, "the grant was replaced meanwhile")
-            if not self._still_ours(connection, used):
-                return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
-            return self._rejected(connection, redact_known(str(error), secrets), actor)
-        except ProviderFailure as error:
-            if not self._still_ours(connection, used):
-                return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
-            return self._failed(connection, error, redact_known(str(error), secrets), actor, usable)
-        if not self._still_ours(connection, used):
-            # Only when this call outlived its lease and another refresh stored first.
+        except (GrantRejected, ProviderFailure) as error:
+            failure = error
+        if not rows.may_store(connection_id, used):
+            # SQLite only: this call outlived its lease, and another refresh stored first.
             current_app.logger.warning(
                 "refresh of connection %s outlived its lease; kept the other refresh's tokens",
                 connection_id,
             )
             return finish(Outcome.ALREADY_FRESH, "refreshed meanwhile by another worker")
+        if isinstance(failure, GrantRejected):
+            if rows.ciphertexts(rows.read_tokens(connection)) != used:
+                return finish(Outcome.ALREADY_FRESH, "the grant was replaced meanwhile")
+            return self._rejected(connection, redact_known(str(failure), secrets), actor)
+        if isinstance(failure, ProviderFailure):
+            reason = redact_known(str(failure), secrets)
+            return self._failed(connection, failure, reason, actor, usable)
+        assert answer is not None
         return self._store(connection, tokens, answer, actor, now)
-
-    @staticmethod
-    def _still_ours(connection: Connection, used: dict[str, bytes]) -> bool:
-        """Whether this refresh may store its answer: its lease (SQLite) is ended in this
-        transaction, and held until now, or lapsed with nobody else's tokens stored since."""
-        if rows.release(connection.id):
-            return True
-        return rows.fingerprint(connection.id) == used
 
     def _store(
         self,

@@ -99,6 +99,16 @@ def release(connection_id: int) -> bool:
     return deleted.rowcount == 1  # type: ignore[attr-defined]
 
 
+def may_store(connection_id: int, used: dict[str, bytes]) -> bool:
+    """Whether a refresh that sent ``used`` may store the provider's answer now.
+
+    Ends the lease (:func:`release`) in the storing transaction. True while the lease was
+    still ours, and when it lapsed but no other refresh has stored tokens since: a rotated
+    refresh token is then kept rather than lost. Always True on PostgreSQL.
+    """
+    return release(connection_id) or fingerprint(connection_id) == used
+
+
 def abandon(connection_id: int) -> None:
     """Give up this session's lease after an error (its own short transaction); no-op if none."""
     if connection_id not in db.session.info.get(_LEASES, {}):
