@@ -233,3 +233,29 @@ def test_database_trouble_in_a_claim_or_the_heartbeat_does_not_end_the_worker(
     assert report.results["hourly"] == (False, "error: OperationalError")
     assert report.results["each-cycle"][0] is True and len(ran) == 1
     assert "heartbeat not recorded" in caplog.text
+
+
+@both_backends
+def test_a_cycle_in_progress_keeps_the_heartbeat_fresh(vault_app, db):
+    # A long cycle (thousands of refreshes) must not look like a dead worker on /health.
+    seen = []
+
+    def long_job(now):
+        with vault_app.app_context():
+            seen.append(_db.session.get(WorkerHeartbeat, "busy:1"))
+        return False
+
+    worker = Worker(vault_app, interval_seconds=60, jobs=[Job("long", long_job)],
+                    worker_id="busy:1")
+    worker.cycle()
+    assert seen[0] is not None and seen[0].last_ok is True  # written as the cycle started
+    worker.jobs = [Job("quick", lambda now: True)]
+    worker.cycle()
+    db.session.expire_all()
+    assert seen[0].last_cycle_at <= db.session.get(WorkerHeartbeat, "busy:1").last_cycle_at
+    # While a cycle runs, the outcome shown is the last finished cycle's.
+    worker.jobs = [Job("long", long_job)]
+    worker.cycle()
+    assert seen[1].last_ok is True
+    db.session.expire_all()
+    assert db.session.get(WorkerHeartbeat, "busy:1").last_ok is False

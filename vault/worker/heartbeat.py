@@ -1,4 +1,5 @@
-"""Worker heartbeats: one ``worker_heartbeats`` row per worker process, written per cycle.
+"""Worker heartbeats: one ``worker_heartbeats`` row per worker process, written as each cycle
+starts and ends (so a long cycle, thousands of refreshes, does not look like a dead worker).
 
 ``/health`` reads the newest (:mod:`vault.queries.health`). A worker that stops leaves its
 row, so the page can say when a worker last ran; rows silent for longer than
@@ -25,16 +26,25 @@ def worker_id() -> str:
 
 
 def beat(
-    worker: str, *, started_at: datetime, now: datetime, interval_seconds: int, ok: bool
+    worker: str,
+    *,
+    started_at: datetime,
+    now: datetime,
+    interval_seconds: int,
+    ok: bool | None = None,
 ) -> None:
-    """Record that ``worker`` finished a cycle at ``now``; prune dead workers' rows; commit."""
+    """Record that ``worker`` was at work at ``now``; prune dead workers' rows; commit.
+
+    ``ok``: how the cycle that just ended went; None (a cycle starting) keeps the last one's.
+    """
     row = db.session.scalar(select(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker))
     if row is None:
         row = WorkerHeartbeat(worker_id=worker, started_at=started_at)
         db.session.add(row)
     row.last_cycle_at = now
     row.interval_seconds = interval_seconds
-    row.last_ok = ok
+    if ok is not None:
+        row.last_ok = ok
     db.session.execute(
         delete(WorkerHeartbeat).where(WorkerHeartbeat.last_cycle_at < now - PRUNE_AFTER)
     )

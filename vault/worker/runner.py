@@ -86,8 +86,9 @@ class Worker:
         return ok
 
     def cycle(self) -> CycleReport:
-        """Run every job once (scheduled ones when claimed), then write the heartbeat."""
+        """Run every job once (scheduled ones when claimed), with a heartbeat before and after."""
         report = CycleReport()
+        self._beat(None)
         for job in self.jobs:
             if self.stopping:
                 report.stopped = True
@@ -95,6 +96,13 @@ class Worker:
             outcome = self._run_job(job)
             if outcome is not None:
                 report.results[job.name] = outcome
+        self._beat(report.ok)
+        self.app.logger.info("worker %s: %s", self.worker_id, report.line())
+        if self.on_cycle is not None:
+            self.on_cycle(report)
+        return report
+
+    def _beat(self, ok: bool | None) -> None:
         with self.app.app_context():
             try:
                 heartbeat.beat(
@@ -102,15 +110,11 @@ class Worker:
                     started_at=self.started_at,
                     now=token_vault.clock(),
                     interval_seconds=self.interval_seconds,
-                    ok=report.ok,
+                    ok=ok,
                 )
             except Exception:  # noqa: BLE001 - a database outage must not end the worker
                 db.session.rollback()
                 self.app.logger.exception("worker %s: heartbeat not recorded", self.worker_id)
-            self.app.logger.info("worker %s: %s", self.worker_id, report.line())
-        if self.on_cycle is not None:
-            self.on_cycle(report)
-        return report
 
     def _run_job(self, job: Job) -> tuple[bool, str] | None:
         """Run one job in an app context of its own; None when a scheduled job was not due."""
