@@ -110,12 +110,18 @@ def may_store(connection_id: int, used: dict[str, bytes]) -> bool:
 
 
 def abandon(connection_id: int) -> None:
-    """Give up this session's lease after an error (its own short transaction); no-op if none."""
+    """Give up this session's lease after an error (its own short transaction); no-op if none.
+
+    Best effort: when even that fails (the database went away), the lease lapses by itself.
+    """
     if connection_id not in db.session.info.get(_LEASES, {}):
         return
-    db.session.rollback()
-    release(connection_id)
-    db.session.commit()
+    try:
+        db.session.rollback()
+        release(connection_id)
+        db.session.commit()
+    except Exception:  # noqa: BLE001 - the caller is already handling the first error
+        db.session.rollback()
 
 
 def _claim_lease(connection_id: int, timeout: float) -> bool:
