@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import func, select
 
+from tests.browser.fixtures import ADMIN, sign_in
+from tests.support.builders import make_user
 from vault.extensions import db
 from vault.models import AccessLink, Connection, ConnectionStatus, Token, utcnow
 from vault.services import reconnect_links
@@ -145,3 +147,30 @@ def test_an_expired_link_shows_a_clear_page(live_server, node_oidc_provider, bro
     assert "expired" in page.locator("main").inner_text()
     assert page.get_by_role("button").count() == 0
     assert "GET /auth" not in " ".join(node_oidc_provider.requests_seen())
+
+
+def test_an_admin_makes_a_link_copies_it_once_and_it_works(
+    live_server, node_oidc_provider, broken, chromium, page, axe_check, problems
+):
+    with live_server.app.app_context():
+        make_user(ADMIN, role="admin")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    sign_in(page, live_server)
+    page.goto(f"{live_server.url}/connections/{broken}")
+    page.get_by_role("button", name="Create reconnect link").click()
+    page.get_by_role("heading", name="Reconnect link created").wait_for()
+    url = page.locator("#created-link").input_value()
+    assert url.startswith(f"{live_server.url}/reconnect/")
+    page.get_by_role("button", name="Copy link").click()
+    page.get_by_role("button", name="Copied").wait_for()  # the static script ran under the CSP
+    assert page.evaluate("navigator.clipboard.readText()") == url
+    axe_check(page)
+    page.goto(f"{live_server.url}/connections/{broken}")
+    assert url.rsplit("/", 1)[1] not in page.content()  # listed, never shown again
+    assert "admin@example.com" in page.locator("#links").inner_text()
+    assert problems == []
+
+    context, owner = follow(chromium, node_oidc_provider, url, "alice")
+    owner.get_by_role("heading", name="Thank you").wait_for()
+    context.close()
+    assert state(live_server, broken) == (ConnectionStatus.ACTIVE.value, 3, True)
