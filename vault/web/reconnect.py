@@ -62,9 +62,6 @@ class ConnectLinkForm(FlaskForm):
 @bp.get(reconnect_links.LINK_PATH + "<token>")
 def landing(token: str):
     """Which provider and account the link is for, and the one button that goes on."""
-    refused = _throttled()
-    if refused is not None:
-        return refused
     link = _usable_link(token)
     if not isinstance(link, AccessLink):
         return link
@@ -77,9 +74,6 @@ def landing(token: str):
 @bp.post(reconnect_links.LINK_PATH + "<token>")
 def begin(token: str):
     """Start the provider's sign-in for the link's account (PKCE, state, nonce, ``iss``)."""
-    refused = _throttled()
-    if refused is not None:
-        return refused
     link = _usable_link(token)
     if not isinstance(link, AccessLink):
         return link
@@ -144,6 +138,10 @@ def done():
 
 
 def _usable_link(token: str) -> AccessLink | ResponseReturnValue:
+    """The link of this request's token, or the page that says why not (throttled first)."""
+    refused = _throttled()
+    if refused is not None:
+        return refused
     try:
         return reconnect_links.open_link(token, utcnow())
     except LinkError as error:
