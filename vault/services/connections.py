@@ -22,7 +22,8 @@ from vault.grants import (
     StoredValues,
     grant_for,
 )
-from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
+from vault.grants.limits import Deadline, apply_reconnect_deadline
+from vault.models import Connection, ConnectionStatus, Token, TokenKind, User, utcnow
 from vault.oauth import tokens
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.lifetimes import lifetime_end
@@ -91,6 +92,7 @@ def record_grant(
     connection.last_error = None
     connection.last_refreshed_at = now
     connection.next_refresh_at = None
+    connection.consented_at = now
     db.session.flush()
 
     token_vault.store(
@@ -109,6 +111,7 @@ def record_grant(
         token_vault.delete(connection, [TokenKind.REFRESH])
     if token.get("id_token"):
         token_vault.store(connection, TokenKind.ID, token["id_token"])
+    update_reconnect_by(connection, provider, now)
     audit.record(
         "connection.created" if created else "connection.reconnected",
         target=f"{provider.key}:{account.email or account.subject}",
@@ -116,6 +119,14 @@ def record_grant(
         actor=user,
     )
     return connection, created
+
+
+def update_reconnect_by(
+    connection: Connection, provider: Provider | None, now: datetime
+) -> Deadline:
+    """Recompute the connection's reconnect-by date from its stored rows (flushed first)."""
+    rows = db.session.scalars(select(Token).where(Token.connection_id == connection.id)).all()
+    return apply_reconnect_deadline(connection, provider, rows, now)
 
 
 def _spent_refresh_token(connection: Connection, provider: Provider, now: datetime) -> bool:
@@ -207,7 +218,7 @@ def add_credentials(
     connection.failure_count = 0
     connection.last_error = None
     connection.next_refresh_at = None
-    connection.last_refreshed_at = utcnow()
+    connection.last_refreshed_at = connection.consented_at = utcnow()
     db.session.flush()
     token_vault.delete(connection)
     for field_name in provider.fields:
@@ -220,6 +231,7 @@ def add_credentials(
         token_vault.store(
             connection, TokenKind.ACCESS, exchanged.access_token, expires_at=exchanged.expires_at
         )
+    update_reconnect_by(connection, provider, utcnow())
     audit.record(action, target=f"{provider.key}:{label}", connection=connection, actor=user)
     return connection
 
@@ -263,6 +275,7 @@ def disconnect(connection: Connection, provider: Provider | None, user: User) ->
     deleted = token_vault.delete(connection)
     connection.status = ConnectionStatus.DISCONNECTED.value
     connection.next_refresh_at = None
+    update_reconnect_by(connection, provider, utcnow())
     audit.record(
         "connection.disconnected",
         target=f"{connection.provider}:{connection.account_email or connection.account_subject}",
