@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from vault import audit
 from vault.extensions import db
@@ -127,6 +129,28 @@ def update_reconnect_by(
     """Recompute the connection's reconnect-by date from its stored rows (flushed first)."""
     rows = db.session.scalars(select(Token).where(Token.connection_id == connection.id)).all()
     return apply_reconnect_deadline(connection, provider, rows, now)
+
+
+def recompute_reconnect_by(now: datetime, batch: int = 500) -> int:
+    """Recompute every connection's reconnect-by date (after an upgrade, or a providers file
+    that changed a rule), committing per batch; returns how many changed."""
+    providers = current_app.extensions["providers"]
+    changed, last_id = 0, 0
+    while True:
+        connections = db.session.scalars(
+            select(Connection).where(Connection.id > last_id).order_by(Connection.id)
+            .limit(batch).options(selectinload(Connection.tokens))
+        ).all()
+        if not connections:
+            return changed
+        for connection in connections:
+            before = (connection.reconnect_by, connection.reconnect_reason)
+            apply_reconnect_deadline(
+                connection, providers.get(connection.provider), connection.tokens, now
+            )
+            changed += before != (connection.reconnect_by, connection.reconnect_reason)
+        last_id = connections[-1].id
+        db.session.commit()
 
 
 def _spent_refresh_token(connection: Connection, provider: Provider, now: datetime) -> bool:

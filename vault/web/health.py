@@ -21,6 +21,7 @@ from vault.extensions import db, limiter
 from vault.models import utcnow
 from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
 from vault.queries.health import expiry_buckets, key_id_counts, needing_attention
+from vault.queries.providers import providers_with_client_secrets_expiring
 from vault.refresh.batch import refresh_due
 from vault.tokens.store import token_vault
 from vault.web.chart import expiry_chart
@@ -59,6 +60,7 @@ def index():
         known_key_ids=set(cipher.key_ids),
         chart=expiry_chart(expiry_buckets(now), now),
         windows=_windows(),
+        secret_expiries=providers_with_client_secrets_expiring(now),
     )
 
 
