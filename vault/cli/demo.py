@@ -14,8 +14,9 @@ import random
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import cast
 
 import click
@@ -24,11 +25,23 @@ from flask.cli import with_appcontext
 from sqlalchemy import Table, insert, select, text
 
 from vault.extensions import db
+from vault.grants import StoredValues
+from vault.grants.limits import reconnect_deadline
 from vault.models import AuditEvent, Connection, Role, Token, User, token_aad, utcnow
-from vault.providers.registry import PRESETS, Provider
+from vault.providers.registry import CLIENT_CREDENTIALS, PRESETS, Provider
 from vault.tokens.store import token_vault
 
-BUILT_IN_PROVIDERS = ("google", "microsoft", "voicenter", "greeninvoice", "whatsapp")
+# The presets, plus providers that exercise the remaining reconnect-by rules: a Google app
+# in Testing (7 days after consent) and a client-credentials partner whose client secret
+# expires (vault/grants/limits.py).
+BUILT_IN_PROVIDERS = ("google", "microsoft", "voicenter", "greeninvoice", "whatsapp", "github",
+                      "slack", "google-testing", "acme")
+_BUILT_IN_EXTRAS = {
+    "google-testing": {**PRESETS["google"], "title": "Google (app in Testing)",
+                       "preset": "google", "publishing_status": "testing"},
+    "acme": {"title": "Acme", "type": "oauth2", "grant_type": CLIENT_CREDENTIALS,
+             "token_url": "https://auth.acme.example/token", "scope": "partner.read"},
+}
 CHUNK = 2000
 FIRST_NAMES = ("Noa", "Avi", "Dana", "Omer", "Maya", "Yossi", "Tamar", "Eitan", "Lior", "Shira",
                "Ada", "Grace", "Alan", "Linus", "Ken", "Barbara", "Edsger", "Frances")
@@ -60,6 +73,7 @@ class _Kind:
     scope: str = ""
     exchange: bool = False  # API key id + secret exchanged for access tokens (GreenInvoice)
     key_expires: bool = False  # a pasted key with an expiry (WhatsApp)
+    provider: Provider | None = None  # whose rules set the reconnect-by dates
 
 
 @dataclass
@@ -86,7 +100,7 @@ def seed_demo(count: int, *, seed: int | None = None, now: datetime | None = Non
     rng = random.Random(seed)
     now = now or utcnow()
     registry = current_app.extensions["providers"]
-    kinds = _provider_kinds(registry)
+    kinds = _provider_kinds(registry, now)
     report = SeedReport(providers=[kind.key for kind in kinds], built_in=len(registry) == 0)
     run = secrets.token_hex(3)
     admin = db.session.scalar(
@@ -155,12 +169,19 @@ def _insert(table, rows: list[dict]) -> None:
                 copy.write_row([row[column] for column in columns])
 
 
-def _provider_kinds(registry) -> list[_Kind]:
+def _provider_kinds(registry, now: datetime) -> list[_Kind]:
     providers = list(registry)
     if not providers:
-        providers = [Provider(key=key, **PRESETS[key]) for key in BUILT_IN_PROVIDERS]
+        providers = [Provider(key=key, **_BUILT_IN_EXTRAS.get(key, PRESETS.get(key, {})))
+                     for key in BUILT_IN_PROVIDERS]
+        # Acme's secret runs out within the 30 days the pages warn about.
+        providers = [
+            replace(p, client_secret_expires_at=(now + timedelta(days=20)).date())
+            if p.key == "acme" else p for p in providers
+        ]
     return [
         _Kind(
+            provider=provider,
             key=provider.key,
             title=provider.title,
             oauth=provider.is_oauth,
@@ -181,6 +202,7 @@ class _Plan:
     refresh_expires: datetime | None = None
     has_refresh: bool = True
     valid: bool = True
+    values: dict = field(default_factory=dict)  # kind -> (fake value, expiry)
 
 
 class _Builder:
@@ -257,16 +279,34 @@ class _Builder:
                 plan.access_expires = self._ago(60, 5 * 86400)
         elif kind.key_expires and rng.random() < 0.6:
             plan.access_expires = self._ahead(-5 * 86400, 60 * 86400)
-        if kind.oauth:
+        if kind.oauth and not (kind.provider and kind.provider.uses_client_credentials):
             plan.has_refresh = rng.random() < 0.95
             if rng.random() < 0.3:
                 plan.refresh_expires = self._ahead(-2 * 86400, 90 * 86400)
+        elif kind.oauth:
+            plan.has_refresh = False
+        self._deadline(plan, created)
         return plan
 
-    def tokens(self, connection_id: int, plan: _Plan) -> list[dict]:
-        """Encrypted fake token rows for one inserted connection (none once disconnected)."""
-        if plan.connection["status"] == "disconnected":
-            return []
+    def _deadline(self, plan: _Plan, created: datetime) -> None:
+        """Consent time and the reconnect-by date the vault's own rules give the plan."""
+        row, provider = plan.connection, plan.kind.provider
+        consented = created
+        if provider is not None and provider.publishing_status == "testing":
+            # Reconnected within the last week, as people of a Testing app must.
+            consented = self._ago(3600, 6.9 * 86400)
+        row["consented_at"] = consented
+        plan.values = self._values(plan) if row["status"] != "disconnected" else {}
+        rows = [SimpleNamespace(kind=kind, is_valid=plan.valid, expires_at=expires)
+                for kind, (_value, expires) in plan.values.items()]
+        times = SimpleNamespace(status=row["status"], consented_at=consented,
+                                created_at=created, last_refreshed_at=row["last_refreshed_at"],
+                                reconnect_by=None)
+        deadline = reconnect_deadline(plan.kind.key, provider, times, StoredValues.of(rows),
+                                      self.now)
+        row["reconnect_by"], row["reconnect_reason"] = deadline.at, deadline.reason
+
+    def _values(self, plan: _Plan) -> dict:
         kind = plan.kind
         if kind.oauth:
             values = {"access": (f"ya29.demo-{secrets.token_urlsafe(48)}", plan.access_expires)}
@@ -281,6 +321,13 @@ class _Builder:
                 values["api_secret"] = (f"demo-secret-{secrets.token_urlsafe(24)}", None)
                 values["access"] = (f"eyJ0eXAiOiJKV1QifQ.demo.{secrets.token_urlsafe(32)}",
                                     plan.access_expires)
+        return values
+
+    def tokens(self, connection_id: int, plan: _Plan) -> list[dict]:
+        """Encrypted fake token rows for one inserted connection (none once disconnected)."""
+        if plan.connection["status"] == "disconnected":
+            return []
+        values = plan.values
         refreshed = plan.connection["last_refreshed_at"]
         return [
             {

@@ -138,3 +138,19 @@ def _buckets_statement(slots: int):
             expires < bounds[-1][1],
         )
     )
+
+
+def connections_to_reconnect_within(now: datetime, within: timedelta) -> list[Connection]:
+    """Active connections that stop working by ``now + within`` unless a person acts (their
+    reconnect-by date; ones already past it come first), for the ``connection.expiring``
+    alert. Connections already marked needs-reconnect or disconnected are not included:
+    nothing is left to warn about before it happens."""
+    return list(db.session.scalars(
+        select(Connection)
+        .where(
+            Connection.status == ConnectionStatus.ACTIVE.value,
+            Connection.reconnect_by.is_not(None),
+            Connection.reconnect_by <= now + within,
+        )
+        .order_by(Connection.reconnect_by, Connection.id)
+    ))
