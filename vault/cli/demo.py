@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import cast
@@ -24,24 +24,15 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import Table, insert, select, text
 
+from vault.cli.demo_providers import BUILT_IN_PROVIDERS, DemoKind, provider_kinds
 from vault.extensions import db
 from vault.grants import StoredValues
 from vault.grants.limits import reconnect_deadline
 from vault.models import AuditEvent, Connection, Role, Token, User, token_aad, utcnow
-from vault.providers.registry import CLIENT_CREDENTIALS, PRESETS, Provider
 from vault.tokens.store import token_vault
 
-# The presets, plus providers that exercise the remaining reconnect-by rules: a Google app
-# in Testing (7 days after consent) and a client-credentials partner whose client secret
-# expires (vault/grants/limits.py).
-BUILT_IN_PROVIDERS = ("google", "microsoft", "voicenter", "greeninvoice", "whatsapp", "github",
-                      "slack", "google-testing", "acme")
-_BUILT_IN_EXTRAS = {
-    "google-testing": {**PRESETS["google"], "title": "Google (app in Testing)",
-                       "preset": "google", "publishing_status": "testing"},
-    "acme": {"title": "Acme", "type": "oauth2", "grant_type": CLIENT_CREDENTIALS,
-             "token_url": "https://auth.acme.example/token", "scope": "partner.read"},
-}
+__all__ = ["BUILT_IN_PROVIDERS", "COMMANDS", "SeedReport", "seed_demo"]
+
 CHUNK = 2000
 FIRST_NAMES = ("Noa", "Avi", "Dana", "Omer", "Maya", "Yossi", "Tamar", "Eitan", "Lior", "Shira",
                "Ada", "Grace", "Alan", "Linus", "Ken", "Barbara", "Edsger", "Frances")
@@ -60,20 +51,6 @@ FAILURES = (
     "could not connect to the token endpoint (connection refused)",
     "the token endpoint answered 500 Internal Server Error",
 )
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """What a provider's connections hold, read from its configuration or preset."""
-
-    key: str
-    title: str
-    oauth: bool
-    oidc: bool = False
-    scope: str = ""
-    exchange: bool = False  # API key id + secret exchanged for access tokens (GreenInvoice)
-    key_expires: bool = False  # a pasted key with an expiry (WhatsApp)
-    provider: Provider | None = None  # whose rules set the reconnect-by dates
 
 
 @dataclass
@@ -100,7 +77,7 @@ def seed_demo(count: int, *, seed: int | None = None, now: datetime | None = Non
     rng = random.Random(seed)
     now = now or utcnow()
     registry = current_app.extensions["providers"]
-    kinds = _provider_kinds(registry, now)
+    kinds = provider_kinds(registry, now)
     report = SeedReport(providers=[kind.key for kind in kinds], built_in=len(registry) == 0)
     run = secrets.token_hex(3)
     admin = db.session.scalar(
@@ -169,34 +146,9 @@ def _insert(table, rows: list[dict]) -> None:
                 copy.write_row([row[column] for column in columns])
 
 
-def _provider_kinds(registry, now: datetime) -> list[_Kind]:
-    providers = list(registry)
-    if not providers:
-        providers = [Provider(key=key, **_BUILT_IN_EXTRAS.get(key, PRESETS.get(key, {})))
-                     for key in BUILT_IN_PROVIDERS]
-        # Acme's secret runs out within the 30 days the pages warn about.
-        providers = [
-            replace(p, client_secret_expires_at=(now + timedelta(days=20)).date())
-            if p.key == "acme" else p for p in providers
-        ]
-    return [
-        _Kind(
-            provider=provider,
-            key=provider.key,
-            title=provider.title,
-            oauth=provider.is_oauth,
-            oidc=provider.type == "oidc",
-            scope=provider.scope,
-            exchange="api_secret" in provider.fields and bool(provider.token_url),
-            key_expires=provider.expiry_field,
-        )
-        for provider in providers
-    ]
-
-
 @dataclass
 class _Plan:
-    kind: _Kind
+    kind: DemoKind
     connection: dict
     access_expires: datetime | None = None
     refresh_expires: datetime | None = None
@@ -235,7 +187,7 @@ class _Builder:
             return self._ahead(86400, 7 * 86400)
         return None  # the provider did not say
 
-    def plan(self, kind: _Kind, run: str, n: int) -> _Plan:
+    def plan(self, kind: DemoKind, run: str, n: int) -> _Plan:
         """One connection row (not yet inserted) and what its tokens will look like."""
         rng = self.rng
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
@@ -378,7 +330,9 @@ def seed_demo_command(count: int, seed: int | None) -> None:
     """Fill the database with fake connections and encrypted fake tokens (demos, benchmarks).
 
     Connections are spread over the configured providers, or over google, microsoft,
-    voicenter, greeninvoice and whatsapp when none is configured. Running it again ADDS
+    voicenter, greeninvoice, whatsapp, github, slack, a Google app in Testing and a
+    client-credentials partner when none is configured; each gets the reconnect-by date
+    its provider's rules give it. Running it again ADDS
     another N: every run's account subjects carry their own run id (demo-<run>-<n>), so runs
     never collide. The fake tokens are useless at any provider; do not run this on a vault
     that holds real credentials.

@@ -28,6 +28,7 @@ from vault.redact import redact_known
 
 __all__ = [
     "CheckAnswer",
+    "NoCheck",
     "check_graph_identity",
     "check_key_exchange",
     "check_url",
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 MAX_REASON = 200
+
+
+class NoCheck(Exception):
+    """The provider offers nothing to check with (no userinfo endpoint, no check URL)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def check_userinfo(provider: Provider, access_token: str) -> CheckAnswer:
     """OAuth connections: the userinfo endpoint with the stored access token, as it is."""
     url = endpoint(provider, "userinfo_endpoint")
     if not url:
-        raise ProviderFailure(f"{provider.title} has no userinfo endpoint")
+        raise NoCheck(f"{provider.title} has no userinfo endpoint to check the token with")
     answer = _get(provider, url, [access_token], headers=_bearer(access_token))
     claims = _json(answer)
     return CheckAnswer(identity=_identity(claims))
@@ -62,7 +67,7 @@ def check_url(
 ) -> CheckAnswer:
     """API-key providers: ``check_url`` with the key sent as ``check_auth`` says."""
     if not provider.check_url:
-        raise ProviderFailure(f"{provider.title} has no check_url")
+        raise NoCheck(f"{provider.title} has no check_url")
     headers: dict[str, str] = {"Accept": "application/json"}
     params: dict[str, str] = dict(extra_params or {})
     how, _, name = provider.check_auth.partition(":")

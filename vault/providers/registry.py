@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from vault.config import ConfigError
+from vault.providers.limit_keys import check_limit_keys
 
 OAUTH_TYPES = ("oidc", "oauth2")
 PROVIDER_TYPES = (*OAUTH_TYPES, "api_key")
@@ -132,10 +133,6 @@ _URL_KEYS = (
     "server_metadata_url", "authorize_url", "token_url", "userinfo_url", "revocation_endpoint",
     "check_url",
 )
-PUBLISHING_STATUSES = ("production", "testing")
-# The longest rule a providers file may state (ten years); beyond it a rule means nothing.
-LONGEST_RULE_DAYS = 3650
-_CHECK_AUTH = re.compile(r"^(bearer|(header|query):[A-Za-z0-9_-]{1,64})$")
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 AUTHORIZATION_CODE, CLIENT_CREDENTIALS = "authorization_code", "client_credentials"
 GRANT_TYPES = (AUTHORIZATION_CODE, CLIENT_CREDENTIALS)
@@ -290,48 +287,8 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         raise fail("staff_login: only OpenID Connect providers can sign staff in")
     if merged.get("staff_login") and not merged["allowed_domains"]:
         raise fail("allowed_domains: staff_login needs at least one allowed e-mail domain")
-    _check_limits(merged, provider_type, fail)
+    check_limit_keys(merged, provider_type, OAUTH_TYPES, fail)
     return Provider(key=key, **merged)
-
-
-def _check_limits(merged: dict[str, Any], provider_type: str, fail) -> None:
-    """Validate (and normalise in place) the provider-limit and credential-check keys."""
-    for name in ("refresh_token_lifetime_days", "refresh_token_idle_days"):
-        value = merged.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not (
-            0 < value <= LONGEST_RULE_DAYS
-        ):
-            raise fail(f"{name}: must be a whole number of days from 1 to {LONGEST_RULE_DAYS}")
-        if provider_type not in OAUTH_TYPES:
-            raise fail(f"{name}: only OAuth providers (type oauth2 or oidc) have refresh tokens")
-    status = merged.get("publishing_status")
-    if status is not None:
-        if status not in PUBLISHING_STATUSES:
-            raise fail(f"publishing_status: must be one of {', '.join(PUBLISHING_STATUSES)}")
-        if merged.get("preset") != "google":
-            raise fail("publishing_status: only Google apps have one (preset = \"google\")")
-    expires = merged.get("client_secret_expires_at")
-    if expires is not None:
-        if isinstance(expires, str):
-            try:
-                expires = date.fromisoformat(expires)
-            except ValueError:
-                raise fail("client_secret_expires_at: must be a date, \"YYYY-MM-DD\"") from None
-        if not isinstance(expires, date) or hasattr(expires, "hour"):
-            raise fail("client_secret_expires_at: must be a date, \"YYYY-MM-DD\"")
-        if provider_type not in OAUTH_TYPES:
-            raise fail("client_secret_expires_at: only OAuth providers have a client secret")
-        merged["client_secret_expires_at"] = expires
-    check_auth = merged.get("check_auth", "bearer")
-    if not isinstance(check_auth, str) or not _CHECK_AUTH.match(check_auth):
-        raise fail('check_auth: must be "bearer", "header:NAME" or "query:NAME"')
-    if "check_auth" in merged and not merged.get("check_url"):
-        raise fail("check_auth: says how to send the key to check_url, which is not set")
-    if merged.get("check_url") is not None and provider_type != "api_key":
-        raise fail("check_url: only API-key providers are checked by URL (OAuth ones use their "
-                   "userinfo endpoint)")
 
 
 def _interpolate(value: Any, environ: Mapping[str, str], fail) -> Any:

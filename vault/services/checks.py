@@ -176,6 +176,8 @@ def check_connection(connection: Connection, *, actor: Actor, now: datetime) -> 
         except ProviderFailure as error:
             result, message = CheckResult.FAILED, redact_known(str(error), secrets)
             retry_after = error.retry_after
+        except checks.NoCheck as error:
+            result, message = CheckResult.UNSUPPORTED, str(error)
         else:
             message = "the provider accepted the credential" + (
                 f" ({answer.identity})" if answer.identity else "")
