@@ -253,7 +253,8 @@ class _Builder:
                 for kind, (_value, expires) in plan.values.items()]
         times = SimpleNamespace(status=row["status"], consented_at=consented,
                                 created_at=created, last_refreshed_at=row["last_refreshed_at"],
-                                reconnect_by=None)
+                                # A refused grant stopped it when it was refused.
+                                reconnect_by=row["updated_at"])
         deadline = reconnect_deadline(plan.kind.key, provider, times, StoredValues.of(rows),
                                       self.now)
         row["reconnect_by"], row["reconnect_reason"] = deadline.at, deadline.reason
