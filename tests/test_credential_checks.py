@@ -255,3 +255,35 @@ def test_check_now_is_an_audited_admin_post(check_app, db, checks, admin_client,
         AuditEvent.action == "connection.checked")).one()
     assert event.actor == "admin@example.com" and event.outcome == "success"
     assert PARTNER_KEY not in (event.detail or "")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_workers_at_once_check_each_connection_once(check_app, db, checks):
+    import threading
+
+    ids = [make_api_key_connection("partner", f"line {n}", PARTNER_KEY) for n in range(12)]
+    checks.delay = 0.05  # long enough for the two workers to interleave
+    now, results = utcnow(), []
+
+    def worker():
+        with check_app.app_context():
+            results.append(check_due_credentials(now))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    checks.delay = 0
+    assert results == [True, True]
+    assert len(checks.requests) == len(ids)  # none checked twice
+    assert {load(connection_id).check_result for connection_id in ids} == {"ok"}
+
+
+def test_recompute_limits_fills_in_existing_connections(check_app, db, stub, runner):
+    connection_id = make_connection(stub, consented_at=utcnow())
+    assert load(connection_id).reconnect_reason is None
+    result = runner.invoke(args=["vault", "recompute-limits"])
+    assert result.exit_code == 0 and "1 changed" in result.output
+    assert load(connection_id).reconnect_reason == "no deadline: renews itself"
+    assert "0 changed" in runner.invoke(args=["vault", "recompute-limits"]).output
