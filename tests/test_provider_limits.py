@@ -125,6 +125,10 @@ def test_an_oauth_connection_without_a_refresh_token_stops_with_its_access_token
     deadline = reconnect_deadline("github", github, times(now), stored, now)
     assert (deadline.at, deadline.reason) == (
         expires, "the access token expires and nothing can renew it")
+    forever = reconnect_deadline("github", github, times(now),
+                                 StoredValues(kinds=frozenset({"access"})), now)
+    assert (forever.at, forever.reason) == (
+        None, "no known deadline: the access token states no expiry")
 
 
 # -- the stored date follows refreshes --------------------------------------------------------

@@ -31,7 +31,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Protocol
 
 from vault.grants import ClientCredentialsGrant, RefreshTokenGrant, StoredValues, grant_for
-from vault.models import Connection, ConnectionStatus
+from vault.models import Connection, ConnectionStatus, TokenKind
 from vault.providers.registry import Provider
 
 __all__ = [
@@ -105,6 +105,9 @@ def reconnect_deadline(
         return Deadline(at, reason)
     if grant.renewable:
         return Deadline(None, RENEWS_ITSELF)
+    if provider.is_oauth and stored.has(TokenKind.ACCESS):
+        # GitHub OAuth Apps, say: a token without an expiry and nothing to renew it with.
+        return Deadline(None, "no known deadline: the access token states no expiry")
     if provider.is_oauth:
         return Deadline(None, f"no known deadline, but it cannot be renewed: {grant.reason}")
     return Deadline(None, "no known deadline: the pasted key states no expiry")
