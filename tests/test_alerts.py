@@ -7,6 +7,7 @@ Both backends; the two-workers test is in tests/test_alerts_workers.py.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -33,6 +34,7 @@ from vault.models import (
 )
 from vault.refresh.engine import Outcome, refresh_now
 from vault.services import reconnect_links
+from vault.services.connections import recompute_reconnect_by
 from vault.tokens.store import token_vault
 from vault.worker.jobs import alerts_job
 
@@ -150,9 +152,12 @@ def test_reconnecting_sends_recovered(vault_app, db, stub, smtp, receiver):
     revoke_at_provider(stub, connection_id)
     alerts_job(utcnow())
     connection = load(connection_id)
-    connection.status = "active"  # as record_grant does on a reconnect
+    # As record_grant does on a reconnect: a new grant, the status, the deadline recomputed.
+    token_vault.store(connection, TokenKind.REFRESH, stub.issue_refresh_token())
+    connection.status = "active"
     connection.failure_count = 0
     db.session.commit()
+    recompute_reconnect_by(utcnow())
     alerts_job(utcnow())
     events = [r.json()["type"] for r in receiver.requests]
     assert events == [NEEDS_RECONNECT, RECOVERED]
@@ -206,17 +211,18 @@ def test_expiring_credentials_nothing_renews(vault_app, db, stub, receiver):
     later_id = make_connection(stub, subject="later")
     token_vault.token(load(later_id), TokenKind.REFRESH).expires_at = now + timedelta(days=30)
     db.session.commit()
+    recompute_reconnect_by(now)  # as storing the values does (vault/grants/limits.py)
 
     found = rules.expiring_connections(now, timedelta(days=7))
-    assert [(e.connection.id, e.kind) for e in found] == [
-        (key_id, "api_key"), (refresh_id, "refresh")
+    assert [(e.connection.id, e.reason) for e in found] == [
+        (key_id, "the pasted key expires"), (refresh_id, "the refresh token expires")
     ]
     for _ in range(3):
         alerts_job(now)
     bodies = [r.json() for r in receiver.requests]
     assert [b["data"]["connection"]["id"] for b in bodies] == [key_id, refresh_id]
     assert {b["type"] for b in bodies} == {"connection.expiring"}
-    assert "API key expires" in bodies[0]["data"]["connection"]["reason"]
+    assert "the pasted key expires" in bodies[0]["data"]["connection"]["reason"]
     assert "vc-api-key-secret-1234" not in str(bodies)
 
 
@@ -290,3 +296,22 @@ def test_back_off_grows_while_a_channel_stays_down(vault_app, db, stub, receiver
         moment = row.next_attempt_at
         db.session.rollback()
     assert gaps == [timedelta(seconds=30 * 2**n) for n in range(4)]
+
+
+def test_a_client_secret_about_to_expire_is_alerted_once(vault_app, db, smtp, receiver,
+                                                          monkeypatch):
+    registry = vault_app.extensions["providers"]
+    acme = registry.get("acme")
+    expiring = dataclasses.replace(
+        acme, client_secret_expires_at=(utcnow() + timedelta(days=20)).date()
+    )
+    monkeypatch.setitem(registry._providers, "acme", expiring)
+    for _ in range(2):
+        alerts_job(utcnow())
+    bodies = [r.json() for r in receiver.requests]
+    assert [b["type"] for b in bodies] == ["provider.client_secret_expiring"]
+    provider = bodies[0]["data"]["provider"]
+    assert provider["key"] == "acme"
+    assert provider["reason"].startswith("Acme's client secret expires in ")
+    assert smtp.messages[0]["Subject"].startswith("[Token Vault] Client secret expiring")
+    assert acme.client_secret not in str(bodies) + smtp.messages[0].as_string()

@@ -74,6 +74,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_ALERT_WEBHOOK_URL": None,  # Standard Webhooks receiver
     "VAULT_ALERT_WEBHOOK_SECRET": None,  # whsec_... signing secret
     "VAULT_ALERT_SLACK_WEBHOOK_URL": None,  # a Slack incoming-webhook URL
+    "VAULT_CHECK_INTERVAL_HOURS": 24,
 })
 ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -150,6 +151,8 @@ def load_config(
         "VAULT_ALERT_FAILING_MINUTES": integer("VAULT_ALERT_FAILING_MINUTES", 1),
         "VAULT_ALERT_EXPIRING_DAYS": integer("VAULT_ALERT_EXPIRING_DAYS", 1),
         **_alert_channels(setting, base_url),
+        # How often the worker checks each stored credential (vault/services/checks.py).
+        "VAULT_CHECK_INTERVAL_HOURS": integer("VAULT_CHECK_INTERVAL_HOURS", 1),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
         "MAX_CONTENT_LENGTH": MAX_REQUEST_BYTES,

@@ -165,6 +165,21 @@ class Connection(TimestampMixin, Base):
     # When the current run of transient refresh failures began (set with the first failure,
     # cleared with failure_count): the alert rule `connection.refresh_failing` reads it.
     failing_since: Mapped[datetime | None]
+    # When a person last granted access (connect, reconnect, pasted credentials): rules that
+    # count from consent start here (vault/grants/limits.py).
+    consented_at: Mapped[datetime | None]
+    # The moment the connection stops working unless a person acts, and why in words;
+    # recomputed by vault.grants.limits.apply_reconnect_deadline whenever tokens change.
+    reconnect_by: Mapped[datetime | None] = mapped_column(index=True)
+    reconnect_reason: Mapped[str | None] = mapped_column(Text)
+    # The last credential check (vault/services/checks.py): when, how it ended (a
+    # CheckResult value) and what the provider said, scrubbed. ``next_check_at`` is when the
+    # worker checks again, and the claim that keeps two workers off the same connection.
+    last_checked_at: Mapped[datetime | None]
+    check_result: Mapped[str | None] = mapped_column(String(16))
+    check_message: Mapped[str | None] = mapped_column(Text)
+    check_failure_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_check_at: Mapped[datetime | None] = mapped_column(index=True)
 
     created_by: Mapped[User | None] = relationship()
     tokens: Mapped[list[Token]] = relationship(

@@ -26,6 +26,7 @@ NEEDS_RECONNECT = "connection.needs_reconnect"
 RECOVERED = "connection.recovered"
 REFRESH_FAILING = "connection.refresh_failing"
 EXPIRING = "connection.expiring"
+CLIENT_SECRET_EXPIRING = "provider.client_secret_expiring"
 DIGEST = "connections.digest"  # many connections of one provider broke at once
 TEST = "vault.test"  # the admin page's "Send test alert"
 

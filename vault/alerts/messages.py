@@ -14,7 +14,15 @@ from typing import Any
 
 from flask import current_app, render_template
 
-from vault.alerts.events import DIGEST, EXPIRING, NEEDS_RECONNECT, RECOVERED, REFRESH_FAILING, TEST
+from vault.alerts.events import (
+    CLIENT_SECRET_EXPIRING,
+    DIGEST,
+    EXPIRING,
+    NEEDS_RECONNECT,
+    RECOVERED,
+    REFRESH_FAILING,
+    TEST,
+)
 from vault.models import Notification
 
 SUBJECT_PREFIX = "[Token Vault]"
@@ -23,6 +31,7 @@ _HEADLINES = {
     RECOVERED: "Working again",
     REFRESH_FAILING: "Refresh failing",
     EXPIRING: "Expiring soon",
+    CLIENT_SECRET_EXPIRING: "Client secret expiring",
 }
 
 

@@ -1,9 +1,12 @@
 """The time-based alert rules, evaluated by the worker each cycle.
 
 ``connection.refresh_failing``: transient refresh failures for longer than
-``VAULT_ALERT_FAILING_MINUTES``. ``connection.expiring``: a credential that nothing can renew
-ends within ``VAULT_ALERT_EXPIRING_DAYS``. Each fires once per failing run or per credential
-expiry (the dedupe key names it), however many workers evaluate it how often.
+``VAULT_ALERT_FAILING_MINUTES``. ``connection.expiring``: the connection's reconnect-by date
+(vault/grants/limits.py: the moment it stops working unless a person acts) falls within
+``VAULT_ALERT_EXPIRING_DAYS``. ``provider.client_secret_expiring``: the app's own client
+secret at a provider (``client_secret_expires_at`` in the providers file) ends within 30 days.
+Each fires once per failing run, per deadline or per secret expiry (the dedupe key names it),
+however many workers evaluate it how often.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from vault.alerts.events import (
+    CLIENT_SECRET_EXPIRING,
     EXPIRING,
     REFRESH_FAILING,
     add_once,
@@ -23,11 +27,9 @@ from vault.alerts.events import (
     stamp,
 )
 from vault.extensions import db
-from vault.models import Connection, ConnectionStatus, Token, TokenKind
-
-# The credentials whose own end nothing in the vault can push back: a pasted API key with an
-# expiry (a key exchange renews the JWT it buys, not the key), and a refresh token with one.
-_UNRENEWABLE_KINDS = (TokenKind.API_KEY.value, TokenKind.REFRESH.value)
+from vault.models import Connection, ConnectionStatus
+from vault.queries.health import connections_to_reconnect_within
+from vault.queries.providers import SECRET_WARNING, providers_with_client_secrets_expiring
 
 
 @dataclass(frozen=True)
@@ -35,29 +37,21 @@ class Expiring:
     """A connection that stops working at ``ends_at`` unless a person acts, and why."""
 
     connection: Connection
-    kind: str  # the credential that ends: api_key or refresh
+    reason: str  # the reconnect-by reason, in words
     ends_at: datetime
 
 
 def expiring_connections(now: datetime, within: timedelta) -> list[Expiring]:
-    """Active connections that will stop working within ``within`` with nothing to renew them.
+    """Active connections that will stop working within ``within`` unless a person acts.
 
-    The one place that decides "expiring" for alerts (a stored ``reconnect_by`` date can
-    replace the token expiries read here).
+    The one place that decides "expiring" for alerts: the stored reconnect-by date, which
+    already weighs what the provider said against the provider's rules.
     """
-    rows = db.session.execute(
-        select(Connection, Token.kind, Token.expires_at)
-        .join(Token, Token.connection_id == Connection.id)
-        .where(
-            Connection.status == ConnectionStatus.ACTIVE.value,
-            Token.kind.in_(_UNRENEWABLE_KINDS),
-            Token.is_valid.is_(True),
-            Token.expires_at.is_not(None),
-            Token.expires_at <= now + within,
-        )
-        .order_by(Token.expires_at, Connection.id)
-    ).all()
-    return [Expiring(connection, kind, ends_at) for connection, kind, ends_at in rows if ends_at]
+    return [
+        Expiring(connection, connection.reconnect_reason or "", connection.reconnect_by)
+        for connection in connections_to_reconnect_within(now, within)
+        if connection.reconnect_by is not None
+    ]
 
 
 def failing_connections(now: datetime, longer_than: timedelta) -> list[Connection]:
@@ -98,11 +92,21 @@ def evaluate(now: datetime) -> int:
     for item in expiring_connections(now, timedelta(days=config["VAULT_ALERT_EXPIRING_DAYS"])):
         added += add_once(
             db.session, EXPIRING,
-            f"{EXPIRING}:{item.connection.id}:{item.kind}:{stamp(item.ends_at)}",
+            f"{EXPIRING}:{item.connection.id}:{stamp(item.ends_at)}",
             provider=item.connection.provider, connection_id=item.connection.id,
             details=connection_details(
                 item.connection, _expiry_reason(item, now), ends_at=item.ends_at.isoformat()
             ),
+        )
+    for secret in providers_with_client_secrets_expiring(now, within=SECRET_WARNING):
+        added += add_once(
+            db.session, CLIENT_SECRET_EXPIRING,
+            f"{CLIENT_SECRET_EXPIRING}:{secret.key}:{stamp(secret.expires_at)}",
+            provider=secret.key, connection_id=None,
+            details={"provider": secret.key, "reason": (
+                f"{secret.message} ({secret.expires_at:%d %b %Y}): create a new one at the "
+                "provider and put it in the providers file."
+            )},
         )
     db.session.commit()
     return added
@@ -110,13 +114,6 @@ def evaluate(now: datetime) -> int:
 
 def _expiry_reason(item: Expiring, now: datetime) -> str:
     day = item.ends_at.strftime("%d %b %Y %H:%M UTC")
-    verb = "expired" if item.ends_at <= now else "expires"
-    if item.kind == TokenKind.API_KEY.value:
-        return (
-            f"Its API key {verb} on {day} and nothing can renew it automatically: "
-            "put a new key on the connection's page before then."
-        )
-    return (
-        f"Its refresh token {verb} on {day} and the provider does not extend it: "
-        "the account's owner must reconnect before then."
-    )
+    when = f"stopped working on {day}" if item.ends_at <= now else f"stops working on {day}"
+    because = f" ({item.reason})" if item.reason else ""
+    return f"It {when} unless a person acts{because}: reconnect it, or renew its credential."

@@ -15,14 +15,15 @@ from flask.cli import AppGroup
 
 def register_commands(app: Flask) -> None:
     """Attach ``flask users``, ``flask vault`` and ``flask service-keys`` to ``app``."""
-    from vault.cli import demo, keys, refresh, service_keys, users, worker
+    from vault.cli import checks, demo, keys, refresh, service_keys, users, worker
 
     app.cli.add_command(_group("users", "Manage staff accounts.", users.COMMANDS))
     app.cli.add_command(
         _group(
             "vault",
             "Operate on the encrypted vault.",
-            [*keys.COMMANDS, *refresh.COMMANDS, *worker.COMMANDS, *demo.COMMANDS],
+            [*keys.COMMANDS, *refresh.COMMANDS, *checks.COMMANDS, *worker.COMMANDS,
+             *demo.COMMANDS],
         )
     )
     app.cli.add_command(

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import cast
 
 import click
@@ -23,12 +24,15 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import Table, insert, select, text
 
+from vault.cli.demo_providers import BUILT_IN_PROVIDERS, DemoKind, provider_kinds
 from vault.extensions import db
+from vault.grants import StoredValues
+from vault.grants.limits import reconnect_deadline
 from vault.models import AuditEvent, Connection, Role, Token, User, token_aad, utcnow
-from vault.providers.registry import PRESETS, Provider
 from vault.tokens.store import token_vault
 
-BUILT_IN_PROVIDERS = ("google", "microsoft", "voicenter", "greeninvoice", "whatsapp")
+__all__ = ["BUILT_IN_PROVIDERS", "COMMANDS", "SeedReport", "seed_demo"]
+
 CHUNK = 2000
 FIRST_NAMES = ("Noa", "Avi", "Dana", "Omer", "Maya", "Yossi", "Tamar", "Eitan", "Lior", "Shira",
                "Ada", "Grace", "Alan", "Linus", "Ken", "Barbara", "Edsger", "Frances")
@@ -47,19 +51,6 @@ FAILURES = (
     "could not connect to the token endpoint (connection refused)",
     "the token endpoint answered 500 Internal Server Error",
 )
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """What a provider's connections hold, read from its configuration or preset."""
-
-    key: str
-    title: str
-    oauth: bool
-    oidc: bool = False
-    scope: str = ""
-    exchange: bool = False  # API key id + secret exchanged for access tokens (GreenInvoice)
-    key_expires: bool = False  # a pasted key with an expiry (WhatsApp)
 
 
 @dataclass
@@ -86,7 +77,7 @@ def seed_demo(count: int, *, seed: int | None = None, now: datetime | None = Non
     rng = random.Random(seed)
     now = now or utcnow()
     registry = current_app.extensions["providers"]
-    kinds = _provider_kinds(registry)
+    kinds = provider_kinds(registry, now)
     report = SeedReport(providers=[kind.key for kind in kinds], built_in=len(registry) == 0)
     run = secrets.token_hex(3)
     admin = db.session.scalar(
@@ -155,32 +146,15 @@ def _insert(table, rows: list[dict]) -> None:
                 copy.write_row([row[column] for column in columns])
 
 
-def _provider_kinds(registry) -> list[_Kind]:
-    providers = list(registry)
-    if not providers:
-        providers = [Provider(key=key, **PRESETS[key]) for key in BUILT_IN_PROVIDERS]
-    return [
-        _Kind(
-            key=provider.key,
-            title=provider.title,
-            oauth=provider.is_oauth,
-            oidc=provider.type == "oidc",
-            scope=provider.scope,
-            exchange="api_secret" in provider.fields and bool(provider.token_url),
-            key_expires=provider.expiry_field,
-        )
-        for provider in providers
-    ]
-
-
 @dataclass
 class _Plan:
-    kind: _Kind
+    kind: DemoKind
     connection: dict
     access_expires: datetime | None = None
     refresh_expires: datetime | None = None
     has_refresh: bool = True
     valid: bool = True
+    values: dict = field(default_factory=dict)  # kind -> (fake value, expiry)
 
 
 class _Builder:
@@ -213,7 +187,7 @@ class _Builder:
             return self._ahead(86400, 7 * 86400)
         return None  # the provider did not say
 
-    def plan(self, kind: _Kind, run: str, n: int) -> _Plan:
+    def plan(self, kind: DemoKind, run: str, n: int) -> _Plan:
         """One connection row (not yet inserted) and what its tokens will look like."""
         rng = self.rng
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
@@ -257,16 +231,35 @@ class _Builder:
                 plan.access_expires = self._ago(60, 5 * 86400)
         elif kind.key_expires and rng.random() < 0.6:
             plan.access_expires = self._ahead(-5 * 86400, 60 * 86400)
-        if kind.oauth:
+        if kind.oauth and not (kind.provider and kind.provider.uses_client_credentials):
             plan.has_refresh = rng.random() < 0.95
             if rng.random() < 0.3:
                 plan.refresh_expires = self._ahead(-2 * 86400, 90 * 86400)
+        elif kind.oauth:
+            plan.has_refresh = False
+        self._deadline(plan, created)
         return plan
 
-    def tokens(self, connection_id: int, plan: _Plan) -> list[dict]:
-        """Encrypted fake token rows for one inserted connection (none once disconnected)."""
-        if plan.connection["status"] == "disconnected":
-            return []
+    def _deadline(self, plan: _Plan, created: datetime) -> None:
+        """Consent time and the reconnect-by date the vault's own rules give the plan."""
+        row, provider = plan.connection, plan.kind.provider
+        consented = created
+        if provider is not None and provider.publishing_status == "testing":
+            # Reconnected within the last week, as people of a Testing app must.
+            consented = self._ago(3600, 6.9 * 86400)
+        row["consented_at"] = consented
+        plan.values = self._values(plan) if row["status"] != "disconnected" else {}
+        rows = [SimpleNamespace(kind=kind, is_valid=plan.valid, expires_at=expires)
+                for kind, (_value, expires) in plan.values.items()]
+        times = SimpleNamespace(status=row["status"], consented_at=consented,
+                                created_at=created, last_refreshed_at=row["last_refreshed_at"],
+                                # A refused grant stopped it when it was refused.
+                                reconnect_by=row["updated_at"])
+        deadline = reconnect_deadline(plan.kind.key, provider, times, StoredValues.of(rows),
+                                      self.now)
+        row["reconnect_by"], row["reconnect_reason"] = deadline.at, deadline.reason
+
+    def _values(self, plan: _Plan) -> dict:
         kind = plan.kind
         if kind.oauth:
             values = {"access": (f"ya29.demo-{secrets.token_urlsafe(48)}", plan.access_expires)}
@@ -281,6 +274,13 @@ class _Builder:
                 values["api_secret"] = (f"demo-secret-{secrets.token_urlsafe(24)}", None)
                 values["access"] = (f"eyJ0eXAiOiJKV1QifQ.demo.{secrets.token_urlsafe(32)}",
                                     plan.access_expires)
+        return values
+
+    def tokens(self, connection_id: int, plan: _Plan) -> list[dict]:
+        """Encrypted fake token rows for one inserted connection (none once disconnected)."""
+        if plan.connection["status"] == "disconnected":
+            return []
+        values = plan.values
         refreshed = plan.connection["last_refreshed_at"]
         return [
             {
@@ -331,7 +331,9 @@ def seed_demo_command(count: int, seed: int | None) -> None:
     """Fill the database with fake connections and encrypted fake tokens (demos, benchmarks).
 
     Connections are spread over the configured providers, or over google, microsoft,
-    voicenter, greeninvoice and whatsapp when none is configured. Running it again ADDS
+    voicenter, greeninvoice, whatsapp, github, slack, a Google app in Testing and a
+    client-credentials partner when none is configured; each gets the reconnect-by date
+    its provider's rules give it. Running it again ADDS
     another N: every run's account subjects carry their own run id (demo-<run>-<n>), so runs
     never collide. The fake tokens are useless at any provider; do not run this on a vault
     that holds real credentials.

@@ -81,16 +81,23 @@ class StoredValues:
     kinds: frozenset[str] = frozenset()
     refresh_token_valid: bool = False
     refresh_token_expires_at: datetime | None = None
+    # Read by the reconnect-by rules (vault/grants/limits.py).
+    access_token_expires_at: datetime | None = None
+    api_key_expires_at: datetime | None = None
 
     @classmethod
     def of(cls, rows: Iterable[_TokenRow]) -> StoredValues:
         """From a connection's token rows (ORM objects or plain rows)."""
-        rows = list(rows)
-        refresh = next((row for row in rows if row.kind == TokenKind.REFRESH.value), None)
+        by_kind = {row.kind: row for row in rows}
+        refresh = by_kind.get(TokenKind.REFRESH.value)
+        access = by_kind.get(TokenKind.ACCESS.value)
+        api_key = by_kind.get(TokenKind.API_KEY.value)
         return cls(
-            kinds=frozenset(row.kind for row in rows),
+            kinds=frozenset(by_kind),
             refresh_token_valid=refresh is not None and bool(refresh.is_valid),
             refresh_token_expires_at=refresh.expires_at if refresh is not None else None,
+            access_token_expires_at=access.expires_at if access is not None else None,
+            api_key_expires_at=api_key.expires_at if api_key is not None else None,
         )
 
     def has(self, kind: TokenKind) -> bool:

@@ -10,11 +10,13 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from vault.config import ConfigError
+from vault.providers.limit_keys import check_limit_keys
 
 OAUTH_TYPES = ("oidc", "oauth2")
 PROVIDER_TYPES = (*OAUTH_TYPES, "api_key")
@@ -35,6 +37,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "scope": "openid email profile",
         "offline_access": True,
+        # "A refresh token might stop working ... The refresh token has not been used for six
+        # months" (180 days here, the safe side of six months); and an app whose consent screen
+        # is External with publishing status "Testing" "is issued a refresh token expiring in
+        # 7 days" (set publishing_status = "testing" for such an app).
+        # https://developers.google.com/identity/protocols/oauth2#expiration
+        "refresh_token_idle_days": 180,
+        "publishing_status": "production",
         # Google answers with the long names of the OpenID shorthand scopes.
         "scope_aliases": {
             "email": "https://www.googleapis.com/auth/userinfo.email",
@@ -49,6 +58,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "scope": "openid email profile offline_access",
         "offline_access": True,
+        # "The default lifetime for the refresh tokens is 24 hours for single page apps and 90
+        # days for all other scenarios. Refresh tokens replace themselves with a fresh token
+        # upon every use": 90 days from the last refresh (AADSTS700082 after that).
+        # https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens
+        "refresh_token_idle_days": 90,
     },
     "github": {
         "title": "GitHub",
@@ -57,12 +71,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "token_url": "https://github.com/login/oauth/access_token",
         "userinfo_url": "https://api.github.com/user",
         "scope": "read:user user:email",
+        # GitHub Apps with expiring user tokens: "The user access token expires after eight
+        # hours, and the refresh token expires after six months"; a refresh returns a new
+        # refresh token, so the six months count from the last refresh (182 days; GitHub's
+        # own refresh_token_expires_in wins when earlier). OAuth Apps get no refresh token.
+        # https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/refreshing-user-access-tokens
+        "refresh_token_idle_days": 182,
     },
     "slack": {
         "title": "Slack",
         "type": "oidc",
         "server_metadata_url": "https://slack.com/.well-known/openid-configuration",
         "scope": "openid email profile",
+        # With token rotation "[the access token] expires every 12 hours" and each refresh
+        # hands out a new refresh token; Slack states no lifetime for refresh tokens, so no
+        # reconnect-by rule: a rotated connection renews itself until revoked.
+        # https://docs.slack.dev/authentication/using-token-rotation
     },
     "oidc": {"type": "oidc", "scope": "openid email profile"},
     "oauth2": {"type": "oauth2"},
@@ -70,6 +94,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "title": "Voicenter",
         "type": "api_key",
         "fields": {"api_key": "API token"},
+        # The Call Log API (read-only; the key goes as `code`, with a date range) is the
+        # credential check: https://www.voicenter.com/API/Call-Log
+        "check_url": "https://api.voicenter.com/hub/cdr/",
+        "check_auth": "query:code",
     },
     "greeninvoice": {
         "title": "GreenInvoice (Morning)",
@@ -81,7 +109,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "title": "WhatsApp Business",
         "type": "api_key",
         "fields": {"api_key": "System-user access token"},
+        # System-user tokens are made with or without an expiry (the form's expiry field);
+        # a user token pasted here lasts "about 60 days"
+        # (https://developers.facebook.com/docs/facebook-login/guides/access-tokens/get-long-lived).
+        # The check asks the Graph API who the token is, then its expiry from debug_token
+        # (https://developers.facebook.com/docs/graph-api/reference/debug_token).
         "expiry_field": True,
+        "check_url": "https://graph.facebook.com/me",
+        "check_auth": "bearer",
     },
     "api_key": {"type": "api_key", "fields": {"api_key": "API key"}},
 }
@@ -90,10 +125,13 @@ _ALLOWED_KEYS = {
     "preset", "title", "type", "client_id", "client_secret", "scope", "server_metadata_url",
     "authorize_url", "token_url", "userinfo_url", "revocation_endpoint", "authorize_params",
     "token_endpoint_auth_method", "offline_access", "fields", "expiry_field", "staff_login",
-    "allowed_domains", "auto_create_role", "grant_type",
+    "allowed_domains", "auto_create_role", "grant_type", "refresh_token_lifetime_days",
+    "refresh_token_idle_days", "publishing_status", "client_secret_expires_at", "check_url",
+    "check_auth",
 }
 _URL_KEYS = (
     "server_metadata_url", "authorize_url", "token_url", "userinfo_url", "revocation_endpoint",
+    "check_url",
 )
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 AUTHORIZATION_CODE, CLIENT_CREDENTIALS = "authorization_code", "client_credentials"
@@ -128,6 +166,17 @@ class Provider:
     # "client_credentials": machine-to-machine, the app's own client is the account; no
     # person consents in a browser, and a new token can always be had with the client secret.
     grant_type: str = AUTHORIZATION_CODE
+    # Provider limits (vault/grants/limits.py): refresh tokens end this many days after
+    # consent, or after this many days unused; Google's consent-screen publishing status;
+    # when the app's own client secret expires.
+    refresh_token_lifetime_days: int | None = None
+    refresh_token_idle_days: int | None = None
+    publishing_status: str | None = None
+    client_secret_expires_at: date | None = None
+    # The credential check of pasted keys (vault/services/checks.py): a read-only URL and
+    # how the key is sent: "bearer", "header:NAME" or "query:NAME".
+    check_url: str | None = None
+    check_auth: str = "bearer"
 
     @property
     def is_oauth(self) -> bool:
@@ -238,6 +287,7 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         raise fail("staff_login: only OpenID Connect providers can sign staff in")
     if merged.get("staff_login") and not merged["allowed_domains"]:
         raise fail("allowed_domains: staff_login needs at least one allowed e-mail domain")
+    check_limit_keys(merged, provider_type, OAUTH_TYPES, fail)
     return Provider(key=key, **merged)
 
 

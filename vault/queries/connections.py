@@ -151,6 +151,8 @@ class _Source:
             Connection.last_refreshed_at,
             Connection.next_refresh_at,
             Connection.updated_at,
+            Connection.reconnect_by,
+            Connection.reconnect_reason,
             self.expires_at.label("expires_at"),
             self.refresh.c.expires_at.label("refresh_expires_at"),
             self.renewable.label("renewable"),
@@ -233,6 +235,7 @@ def health_totals(now: datetime | None = None) -> Counter:
 
 SORTS = {
     "expiry": "Soonest expiry",
+    "reconnect": "Reconnect soonest",
     "provider": "Provider",
     "account": "Account",
     "refreshed": "Last refreshed, newest first",
@@ -287,6 +290,8 @@ def _order(source: _Source, sort: str) -> tuple:
     )
     orders = {
         "expiry": (source.expires_at.asc().nulls_last(),),
+        # Through ix_connections_reconnect_by; what already stopped comes first.
+        "reconnect": (Connection.reconnect_by.asc().nulls_last(),),
         "provider": (Connection.provider, account),
         "account": (account,),
         "refreshed": (Connection.last_refreshed_at.desc().nulls_last(),),

@@ -70,12 +70,17 @@ def key_id_counts() -> list[tuple[str, int]]:
 
 @dataclass(frozen=True)
 class Bucket:
-    """Expiries falling in [start, end); ``past`` when the slot is over already."""
+    """Expiries falling in [start, end); ``past`` when the slot is over already.
+
+    ``reconnect``: active connections whose reconnect-by date falls in the slot, the ones
+    that stop unless a person acts (a refresh cannot save them).
+    """
 
     start: datetime
     end: datetime
     count: int
     past: bool = False
+    reconnect: int = 0
 
 
 def expiry_buckets(
@@ -96,21 +101,40 @@ def expiry_buckets(
     slots = {f"low_{n}": max(start, now) for n, start in enumerate(future)}
     slots |= {f"high_{n}": start + step for n, start in enumerate(future)}
     counts = db.session.execute(_buckets_statement(len(future)), slots | at(now)).one()
-    by_start = dict(zip(future, counts, strict=True))
+    reconnects = db.session.execute(_reconnect_statement(len(future)), slots | {"now": now}).one()
+    by_start = dict(zip(future, zip(counts, reconnects, strict=True), strict=True))
     return [
-        Bucket(start, start + step, by_start.get(start, 0), past=start not in by_start)
+        Bucket(start, start + step, by_start[start][0], reconnect=by_start[start][1])
+        if start in by_start else Bucket(start, start + step, 0, past=True)
         for start in starts
     ]
+
+
+def _slot_bounds(slots: int) -> list[tuple]:
+    return [
+        (bindparam(f"low_{n}", type_=UTCDateTime()), bindparam(f"high_{n}", type_=UTCDateTime()))
+        for n in range(slots)
+    ]
+
+
+@functools.cache
+def _reconnect_statement(slots: int):
+    """Reconnect-by dates per slot: one range over ``ix_connections_reconnect_by``."""
+    when = Connection.reconnect_by
+    bounds = _slot_bounds(slots)
+    counts = (func.count(case((and_(when >= low, when < high), 1))) for low, high in bounds)
+    return select(*counts).where(
+        Connection.status == ConnectionStatus.ACTIVE.value,
+        when >= NOW,
+        when < bounds[-1][1],
+    )
 
 
 @functools.cache
 def _buckets_statement(slots: int):
     source = health_source()
     expires = source.expires_at
-    bounds = [
-        (bindparam(f"low_{n}", type_=UTCDateTime()), bindparam(f"high_{n}", type_=UTCDateTime()))
-        for n in range(slots)
-    ]
+    bounds = _slot_bounds(slots)
     counts = (func.count(case((and_(expires >= low, expires < high), 1))) for low, high in bounds)
     return (
         select(*counts)
@@ -166,3 +190,19 @@ def worker_status(now: datetime | None = None) -> WorkerStatus | None:
         ok=newest.last_ok,
         running=running,
     )
+
+
+def connections_to_reconnect_within(now: datetime, within: timedelta) -> list[Connection]:
+    """Active connections that stop working by ``now + within`` unless a person acts (their
+    reconnect-by date; ones already past it come first), for the ``connection.expiring``
+    alert. Connections already marked needs-reconnect or disconnected are not included:
+    nothing is left to warn about before it happens."""
+    return list(db.session.scalars(
+        select(Connection)
+        .where(
+            Connection.status == ConnectionStatus.ACTIVE.value,
+            Connection.reconnect_by.is_not(None),
+            Connection.reconnect_by <= now + within,
+        )
+        .order_by(Connection.reconnect_by, Connection.id)
+    ))

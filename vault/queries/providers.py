@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from flask import current_app
+
+from vault.grants.limits import client_secret_expiry
 from vault.providers.registry import ProviderRegistry
 from vault.queries.connections import health_counts
 
@@ -61,3 +64,51 @@ def providers_overview(
     for summary in summaries:
         totals.update(summary.counts)
     return summaries, totals
+
+
+# From when the pages warn about the app's own client secret expiring.
+SECRET_WARNING = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class SecretExpiry:
+    """A provider whose client secret (in the providers file) expires soon or has expired."""
+
+    key: str
+    title: str
+    expires_at: datetime
+    days: int  # whole days left (negative: days since it expired)
+
+    @property
+    def message(self) -> str:
+        """E.g. "Acme's client secret expires in 20 days" or "... expired 3 days ago"."""
+        subject = f"{self.title}'s client secret"
+        if self.days > 1:
+            return f"{subject} expires in {self.days} days"
+        if self.days == 1:
+            return f"{subject} expires tomorrow"
+        if self.days == 0:
+            return f"{subject} expires today"
+        ago = -self.days
+        return f"{subject} expired {ago} day{'' if ago == 1 else 's'} ago"
+
+    @property
+    def expired(self) -> bool:
+        """Whether the secret no longer works."""
+        return self.days < 0
+
+
+def providers_with_client_secrets_expiring(
+    now: datetime, within: timedelta = SECRET_WARNING, registry: ProviderRegistry | None = None
+) -> list[SecretExpiry]:
+    """Providers whose ``client_secret_expires_at`` falls before ``now + within`` (expired
+    ones included), soonest first; for the pages and the ``provider.client_secret_expiring``
+    alert."""
+    registry = current_app.extensions["providers"] if registry is None else registry
+    found = []
+    for provider in registry:
+        expires = client_secret_expiry(provider)
+        if expires is not None and expires <= now + within:
+            days = (expires.date() - now.date()).days
+            found.append(SecretExpiry(provider.key, provider.title, expires, days))
+    return sorted(found, key=lambda expiry: expiry.expires_at)

@@ -31,6 +31,7 @@ from flask import Flask, current_app
 from vault import audit
 from vault.extensions import db
 from vault.grants import Credentials, NotRefreshable, StoredValues, grant_for
+from vault.grants.limits import apply_reconnect_deadline
 from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.tokens import NewTokens
@@ -268,7 +269,8 @@ class RefreshEngine:
         # The rows were read under the row lock in this transaction: no SELECT before each
         # write, and nothing is flushed until the commit, which sends it all at once.
         connection_id = connection.id
-        token_vault.store(
+        stored = dict(tokens)
+        stored[TokenKind.ACCESS.value] = token_vault.store(
             connection,
             TokenKind.ACCESS,
             answer.access_token,
@@ -278,7 +280,7 @@ class RefreshEngine:
         )
         refresh_token = tokens.get(TokenKind.REFRESH.value)
         if answer.refresh_token:
-            token_vault.store(
+            stored[TokenKind.REFRESH.value] = token_vault.store(
                 connection,
                 TokenKind.REFRESH,
                 answer.refresh_token,
@@ -297,6 +299,9 @@ class RefreshEngine:
         connection.failure_count = 0
         connection.last_refreshed_at = now
         connection.next_refresh_at = None
+        # An idle-days rule counts from this refresh: the reconnect-by date moves with it.
+        provider = current_app.extensions["providers"].get(connection.provider)
+        apply_reconnect_deadline(connection, provider, stored.values(), now)
         detail = "refresh token rotated" if answer.refresh_token else None
         if answer.expires_at is None:
             detail = ", ".join(filter(None, [detail, "expiry unknown"]))
@@ -313,6 +318,8 @@ class RefreshEngine:
     def _rejected(self, connection: Connection, reason: str, actor: Actor) -> RefreshResult:
         connection_id = connection.id
         token_vault.mark_invalid(connection, reason)
+        provider = current_app.extensions["providers"].get(connection.provider)
+        apply_reconnect_deadline(connection, provider, [], token_vault.clock())
         _record_failure(connection, actor, f"needs reconnect: {reason}")
         return RefreshResult(connection_id, Outcome.NEEDS_RECONNECT, reason)
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from vault import audit
 from vault.extensions import db
@@ -22,7 +24,8 @@ from vault.grants import (
     StoredValues,
     grant_for,
 )
-from vault.models import Connection, ConnectionStatus, TokenKind, User, utcnow
+from vault.grants.limits import Deadline, apply_reconnect_deadline
+from vault.models import Connection, ConnectionStatus, Token, TokenKind, User, utcnow
 from vault.oauth import tokens
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.lifetimes import lifetime_end
@@ -95,6 +98,7 @@ def record_grant(
     connection.last_error = None
     connection.last_refreshed_at = now
     connection.next_refresh_at = None
+    connection.consented_at = now
     db.session.flush()
 
     token_vault.store(
@@ -113,6 +117,7 @@ def record_grant(
         token_vault.delete(connection, [TokenKind.REFRESH])
     if token.get("id_token"):
         token_vault.store(connection, TokenKind.ID, token["id_token"])
+    update_reconnect_by(connection, provider, now)
     audit.record(
         "connection.created" if created else "connection.reconnected",
         target=f"{provider.key}:{account.email or account.subject}",
@@ -120,6 +125,39 @@ def record_grant(
         actor=actor or user,
     )
     return connection, created
+
+
+def update_reconnect_by(
+    connection: Connection, provider: Provider | None, now: datetime
+) -> Deadline:
+    """Recompute the connection's reconnect-by date from its stored rows (flushed first)."""
+    rows = db.session.scalars(select(Token).where(Token.connection_id == connection.id)).all()
+    return apply_reconnect_deadline(connection, provider, rows, now)
+
+
+def recompute_reconnect_by(now: datetime, batch: int = 500) -> int:
+    """Recompute every connection's reconnect-by date (after an upgrade, or a providers file
+    that changed a rule), committing per batch; returns how many changed."""
+    providers = current_app.extensions["providers"]
+    changed, last_id = 0, 0
+    while True:
+        connections = db.session.scalars(
+            select(Connection).where(Connection.id > last_id).order_by(Connection.id)
+            .limit(batch).options(selectinload(Connection.tokens))
+        ).all()
+        if not connections:
+            return changed
+        for connection in connections:
+            provider = providers.get(connection.provider)
+            if provider is None:
+                # Gone from the providers file (or seeded for a demo): its rules are unknown
+                # here, so the date it was given stays rather than being wiped.
+                continue
+            before = (connection.reconnect_by, connection.reconnect_reason)
+            apply_reconnect_deadline(connection, provider, connection.tokens, now)
+            changed += before != (connection.reconnect_by, connection.reconnect_reason)
+        last_id = connections[-1].id
+        db.session.commit()
 
 
 def _spent_refresh_token(connection: Connection, provider: Provider, now: datetime) -> bool:
@@ -211,7 +249,7 @@ def add_credentials(
     connection.failure_count = 0
     connection.last_error = None
     connection.next_refresh_at = None
-    connection.last_refreshed_at = utcnow()
+    connection.last_refreshed_at = connection.consented_at = utcnow()
     db.session.flush()
     token_vault.delete(connection)
     for field_name in provider.fields:
@@ -224,6 +262,7 @@ def add_credentials(
         token_vault.store(
             connection, TokenKind.ACCESS, exchanged.access_token, expires_at=exchanged.expires_at
         )
+    update_reconnect_by(connection, provider, utcnow())
     audit.record(action, target=f"{provider.key}:{label}", connection=connection, actor=user)
     return connection
 
@@ -267,6 +306,7 @@ def disconnect(connection: Connection, provider: Provider | None, user: User) ->
     deleted = token_vault.delete(connection)
     connection.status = ConnectionStatus.DISCONNECTED.value
     connection.next_refresh_at = None
+    update_reconnect_by(connection, provider, utcnow())
     audit.record(
         "connection.disconnected",
         target=f"{connection.provider}:{connection.account_email or connection.account_subject}",

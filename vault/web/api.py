@@ -253,6 +253,8 @@ def _connection_json(connection: Connection, expires_at: datetime | None) -> dic
         "expires_at": _iso(expires_at),
         "last_refreshed_at": _iso(connection.last_refreshed_at),
         "last_error": connection.last_error,
+        "reconnect_by": _iso(connection.reconnect_by),
+        "reconnect_reason": connection.reconnect_reason,
     }
 
 

@@ -128,6 +128,18 @@ def openapi_document() -> dict[str, Any]:
                         "expires_at": NULLABLE_TIME,
                         "last_refreshed_at": NULLABLE_TIME,
                         "last_error": {"type": "string", "nullable": True},
+                        "reconnect_by": {
+                            **NULLABLE_TIME,
+                            "description": "UTC; when the connection stops working unless a "
+                            "person reconnects it (or replaces its credentials); null when no "
+                            "deadline is known.",
+                        },
+                        "reconnect_reason": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "Why, in words: the rule or stated expiry that "
+                            "sets reconnect_by, or why there is none.",
+                        },
                     },
                 },
                 "ConnectionList": {

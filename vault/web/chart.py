@@ -16,31 +16,42 @@ WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 720, 240, 48, 8, 16, 52
 
 @dataclass(frozen=True)
 class Bar:
-    """One bucket's bar, in SVG user units."""
+    """One bucket's bars, in SVG user units: expiries, and beside them reconnect-by dates."""
 
     x: float
     y: float
     width: float
     height: float
     bucket: Bucket
+    reconnect_x: float = 0.0
+    reconnect_y: float = 0.0
+    reconnect_height: float = 0.0
 
 
 def expiry_chart(buckets: list[Bucket], now: datetime) -> dict:
-    """Bars, y-axis ticks, day labels and the "now" line for ``health/_chart.html``."""
-    top = _nice_ceiling(max((bucket.count for bucket in buckets), default=0))
+    """Bars, y-axis ticks, day labels and the "now" line for ``health/_chart.html``.
+
+    Two series share the axis: credentials expiring (a refresh renews most of them) and
+    connections whose reconnect-by date falls in the slot (only a person can).
+    """
+    top = _nice_ceiling(
+        max((max(bucket.count, bucket.reconnect) for bucket in buckets), default=0)
+    )
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_width / max(1, len(buckets))
     baseline = TOP + plot_height
     bars = []
     for index, bucket in enumerate(buckets):
         height = plot_height * bucket.count / top
-        bars.append(Bar(LEFT + index * slot + slot * 0.1, baseline - height, slot * 0.8, height,
-                        bucket))
+        reconnect = plot_height * bucket.reconnect / top
+        x = LEFT + index * slot + slot * 0.1
+        bars.append(Bar(x, baseline - height, slot * 0.4, height, bucket,
+                        x + slot * 0.4, baseline - reconnect, reconnect))
     days: dict[str, dict] = {}
     for bar in bars:
         start = bar.bucket.start
         day = days.setdefault(f"{start:%a} {start.day} {start:%b}", {"xs": [], "total": 0})
-        day["xs"].append(bar.x + bar.width / 2)
+        day["xs"].append(bar.x + bar.width)
         day["total"] += bar.bucket.count
     span = (buckets[-1].end - buckets[0].start) if buckets else timedelta(days=1)
     coming = [bucket for bucket in buckets if not bucket.past]
@@ -62,6 +73,7 @@ def expiry_chart(buckets: list[Bucket], now: datetime) -> dict:
         ],
         "now_x": LEFT + plot_width * ((now - buckets[0].start) / span) if buckets else LEFT,
         "total": sum(bucket.count for bucket in coming),
+        "reconnect_total": sum(bucket.reconnect for bucket in coming),
         "busiest": busiest if busiest is not None and busiest.count else None,
     }
 

@@ -17,12 +17,14 @@ from vault.queries.audit import connection_history
 from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
 from vault.services import reconnect_links
+from vault.services.checks import CheckResult, check_connection, how_checked
 from vault.services.connections import disconnect, missing_scopes
 from vault.tokens.store import token_vault
 from vault.web.security import admin_required, signed_in_user_key
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
 REFRESH_LIMIT = "10 per minute"
+CHECK_LIMIT = "10 per minute"
 
 
 class ConfirmForm(FlaskForm):
@@ -98,6 +100,7 @@ def detail(connection_id: int):
         link_rows=[(link, reconnect_links.state_of(link, utcnow()))
                    for link in reconnect_links.links_of_connection(connection)],
         can_link=reconnect_links.can_issue(connection),
+        checked_by=how_checked(provider, connection),
     )
 
 
@@ -133,6 +136,24 @@ def _refresh_message(result: RefreshResult) -> tuple[str, str]:
         return f"The provider is unavailable: {reason}.{kept}{retry}", "warning"
     # Outcome.UNAVAILABLE: nothing to refresh with (API keys used as they are), or busy.
     return f"Nothing was refreshed: {reason}.", "info"
+
+
+@bp.post("/<int:connection_id>/check")
+@admin_required
+@limiter.limit(CHECK_LIMIT, key_func=signed_in_user_key)
+def check(connection_id: int):
+    """Check the stored credential now (a read-only request) and say how it went."""
+    connection = db.get_or_404(Connection, connection_id)
+    outcome = check_connection(connection, actor=current_user._get_current_object(),
+                               now=utcnow())
+    db.session.commit()
+    category = {CheckResult.OK: "success", CheckResult.REJECTED: "error",
+                CheckResult.FAILED: "warning"}.get(outcome.result, "info")
+    words = {CheckResult.OK: "Check passed", CheckResult.REJECTED: "Check refused: needs "
+             "reconnect", CheckResult.FAILED: "Check failed, will retry",
+             CheckResult.SKIPPED: "Not checked", CheckResult.UNSUPPORTED: "Cannot be checked"}
+    flash(f"{words[outcome.result]}: {outcome.message.rstrip('.')}.", category)
+    return redirect(url_for("connections.detail", connection_id=connection_id))
 
 
 @bp.route("/<int:connection_id>/disconnect", methods=["GET", "POST"])

@@ -30,6 +30,7 @@ from vault.queries.health import (
     needing_attention,
     worker_status,
 )
+from vault.queries.providers import providers_with_client_secrets_expiring
 from vault.refresh.batch import refresh_due
 from vault.tokens.store import token_vault
 from vault.web.chart import expiry_chart
@@ -73,6 +74,7 @@ def index():
         failing_channels=failing_channels(
             now, [channel.name for channel in current_app.extensions["alert_channels"]]
         ),
+        secret_expiries=providers_with_client_secrets_expiring(now),
     )
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
+from vault.models import utcnow
 from vault.oauth.clients import redirect_uri
 from vault.queries.connections import Health
-from vault.queries.providers import providers_overview
+from vault.queries.providers import providers_overview, providers_with_client_secrets_expiring
 
 bp = Blueprint("providers", __name__)
 
@@ -19,6 +20,7 @@ def index():
     return render_template(
         "providers/index.html",
         summaries=summaries,
+        secret_expiries=providers_with_client_secrets_expiring(utcnow()),
         totals=totals,
         states=list(Health),
         providers_file=registry.source,

@@ -24,6 +24,8 @@ from flask import current_app
 from vault.alerts import rules
 from vault.alerts.delivery import deliver_pending, dispatch, prune
 from vault.refresh.batch import refresh_due
+from vault.services.checks import check_due_credentials
+from vault.services.connections import recompute_reconnect_by
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,27 @@ def prune_alerts_job(now: datetime) -> bool:
     return True
 
 
+def check_credentials_job(now: datetime) -> bool:
+    """Check the stored credentials whose check is due (each claimed by its row)."""
+    return check_due_credentials(now)
+
+
+def recompute_limits_job(now: datetime) -> bool:
+    """Recompute every reconnect-by date, so a changed providers file shows within a day."""
+    note(f"reconnect-by dates changed: {recompute_reconnect_by(now)}")
+    return True
+
+
 def default_jobs() -> list[Job]:
-    """The jobs of every worker cycle, in order."""
+    """The jobs of every worker cycle, in order.
+
+    Credential checks run before the alerts, so a key found revoked is alerted in the same
+    cycle; so do the deadlines the recomputation moves.
+    """
     return [
         Job("refresh-due", refresh_due_job),
+        Job("recompute-limits", recompute_limits_job, every=timedelta(days=1)),
+        Job("check-credentials", check_credentials_job),
         Job("alerts", alerts_job),
         Job("prune-alerts", prune_alerts_job, every=timedelta(days=1)),
     ]
