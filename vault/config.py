@@ -58,6 +58,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_REFRESH_BACKOFF_BASE_SECONDS": 30,
     "VAULT_REFRESH_BACKOFF_CAP_SECONDS": 3600,
     "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": None,  # provider timeout + LOCK_TIMEOUT_MARGIN_SECONDS
+    "VAULT_AUDIT_RETENTION_DAYS": 400,
 })
 ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -129,6 +130,7 @@ def load_config(
         "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": _seconds(
             lock_timeout, "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"
         ),
+        "VAULT_AUDIT_RETENTION_DAYS": integer("VAULT_AUDIT_RETENTION_DAYS", 1),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
         "MAX_CONTENT_LENGTH": MAX_REQUEST_BYTES,

@@ -1,11 +1,15 @@
-"""audit chain seals, checkpoints (placeholder)
+"""audit chain: seals on audit_events, the chain's state row, retention checkpoints
 
 Revision ID: 0012_audit_chain
 Revises: 0011_request_ids
 Create Date: 2026-12-03 00:00:00
+
+Audit rows are linked after they are written (vault/services/audit_chain.py): each sealed row
+gets its place in the chain (chain_seq, unique), its MAC and the id of the key that made it.
+Existing rows start unsealed; the first sealing run links them all, oldest first.
 """
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 
 # revision identifiers, used by Alembic.
@@ -16,8 +20,58 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    op.create_table('audit_chain_state',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('head_seq', sa.Integer(), nullable=False),
+    sa.Column('head_id', sa.Integer(), nullable=True),
+    sa.Column('head_mac', sa.LargeBinary(length=32), nullable=True),
+    sa.Column('sealed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('verified_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('verified_ok', sa.Boolean(), nullable=True),
+    sa.Column('verified_seq', sa.Integer(), nullable=True),
+    sa.Column('verified_id', sa.Integer(), nullable=True),
+    sa.Column('broken_id', sa.Integer(), nullable=True),
+    sa.Column('problem', sa.String(length=500), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_chain_state'))
+    )
+    op.create_table('audit_chain_checkpoints',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('through_seq', sa.Integer(), nullable=False),
+    sa.Column('through_id', sa.Integer(), nullable=False),
+    sa.Column('through_mac', sa.LargeBinary(length=32), nullable=False),
+    sa.Column('deleted', sa.Integer(), nullable=False),
+    sa.Column('key_id', sa.String(length=8), nullable=False),
+    sa.Column('mac', sa.LargeBinary(length=32), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_chain_checkpoints'))
+    )
+    with op.batch_alter_table('audit_chain_checkpoints', schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f('ix_audit_chain_checkpoints_through_seq'), ['through_seq'], unique=False
+        )
+
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('chain_seq', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('chain_mac', sa.LargeBinary(length=32), nullable=True))
+        batch_op.add_column(sa.Column('chain_key_id', sa.String(length=8), nullable=True))
+        batch_op.create_unique_constraint(batch_op.f('uq_audit_events_chain_seq'), ['chain_seq'])
+        batch_op.create_index(
+            'ix_audit_events_unsealed', ['id'], unique=False,
+            postgresql_where=sa.text('chain_seq IS NULL'),
+            sqlite_where=sa.text('chain_seq IS NULL'),
+        )
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_events_unsealed')
+        batch_op.drop_constraint(batch_op.f('uq_audit_events_chain_seq'), type_='unique')
+        batch_op.drop_column('chain_key_id')
+        batch_op.drop_column('chain_mac')
+        batch_op.drop_column('chain_seq')
+
+    with op.batch_alter_table('audit_chain_checkpoints', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_audit_chain_checkpoints_through_seq'))
+
+    op.drop_table('audit_chain_checkpoints')
+    op.drop_table('audit_chain_state')
