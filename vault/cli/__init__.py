@@ -15,14 +15,14 @@ from flask.cli import AppGroup
 
 def register_commands(app: Flask) -> None:
     """Attach ``flask users``, ``flask vault`` and ``flask service-keys`` to ``app``."""
-    from vault.cli import demo, keys, refresh, service_keys, users
+    from vault.cli import audit, demo, keys, refresh, service_keys, users
 
     app.cli.add_command(_group("users", "Manage staff accounts.", users.COMMANDS))
     app.cli.add_command(
         _group(
             "vault",
             "Operate on the encrypted vault.",
-            [*keys.COMMANDS, *refresh.COMMANDS, *demo.COMMANDS],
+            [*keys.COMMANDS, *refresh.COMMANDS, *demo.COMMANDS, *audit.COMMANDS],
         )
     )
     app.cli.add_command(

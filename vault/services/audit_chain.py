@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vault import audit
@@ -80,7 +80,7 @@ class Verification:
     unsealed: int
 
 
-def canonical(row: Mapping[str, Any]) -> bytes:
+def canonical(row: Mapping[Any, Any]) -> bytes:
     """The row's content as sealed: sorted JSON of its non-NULL columns, times in UTC.
 
     NULLs are left out, so a nullable column added later does not change old rows' MACs.
@@ -95,7 +95,7 @@ def canonical(row: Mapping[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def link_mac(key: bytes, previous: bytes, row: Mapping[str, Any]) -> bytes:
+def link_mac(key: bytes, previous: bytes, row: Mapping[Any, Any]) -> bytes:
     """The MAC binding ``row`` (with its ``chain_seq``) to the link before it."""
     return hmac.digest(key, previous + canonical(row), "sha256")
 
@@ -139,7 +139,9 @@ def _seal_batch(limit: int) -> tuple[int, AuditChainState]:
         raise
 
 
-def verify(batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None) -> Verification:
+def verify(
+    batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None
+) -> Verification:
     """Walk the whole chain in batches; stop at the first broken link. Stores the outcome."""
     keys = dict(token_vault.cipher.purpose_keys(AUDIT_CHAIN_LABEL))
     state = db.session.get(AuditChainState, STATE_ID, populate_existing=True)
@@ -157,7 +159,8 @@ def verify(batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None 
             ).all()
             for row in rows:
                 previous = _check_link(keys, previous, expected, row._mapping)
-                expected, verified, last_seq, last_id = expected + 1, verified + 1, row.chain_seq, row.id
+                expected, verified = expected + 1, verified + 1
+                last_seq, last_id = row.chain_seq, row.id
             if progress is not None:
                 progress(len(rows))
             if len(rows) < batch_size:
@@ -194,7 +197,7 @@ def _resume_point(keys: Mapping[str, bytes]) -> tuple[bytes, int]:
 
 
 def _check_link(
-    keys: Mapping[str, bytes], previous: bytes, expected: int, row: Mapping[str, Any]
+    keys: Mapping[str, bytes], previous: bytes, expected: int, row: Mapping[Any, Any]
 ) -> bytes:
     # One link checked, by verification and by retention alike; returns its MAC.
     row_id = row["id"]
@@ -318,7 +321,7 @@ def _lock_state() -> AuditChainState:
         .where(AuditChainState.id == STATE_ID)
         .values(head_seq=AuditChainState.head_seq)
     )
-    if db.session.execute(statement).rowcount == 0:
+    if cast(CursorResult[Any], db.session.execute(statement)).rowcount == 0:
         db.session.rollback()
         try:
             db.session.add(AuditChainState(id=STATE_ID, head_seq=0))
@@ -333,7 +336,8 @@ def _lock_state() -> AuditChainState:
 
 
 def _unsealed() -> int:
-    return db.session.scalar(select(func.count()).select_from(_events).where(_events.c.chain_seq.is_(None))) or 0
+    unsealed = select(func.count()).select_from(_events).where(_events.c.chain_seq.is_(None))
+    return db.session.scalar(unsealed) or 0
 
 
 def _store(result: Verification) -> None:
