@@ -33,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     except ConfigError as error:
         raise SystemExit(f"Token Vault cannot start: {error}") from None
     register_oauth(app)
+    register_observability(app)
     register_security(app)
     register_refresh(app)
     register_blueprints(app)
@@ -53,10 +54,16 @@ def register_providers(app: Flask, overrides: Mapping[str, Any] | None) -> None:
 
 
 def register_logging(app: Flask) -> None:
-    """Scrub credentials from every log record, whichever logger or handler it goes through."""
+    """Scrub credentials from every log record, whichever logger or handler it goes through;
+    one handler writes each line, as text or JSON (``VAULT_LOG_FORMAT``), with its request id."""
+    from flask.logging import default_handler
+
+    from vault.observability.logs import install_logging
     from vault.redact import install_log_redaction
 
     install_log_redaction()
+    install_logging(app.config["VAULT_LOG_FORMAT"])
+    app.logger.removeHandler(default_handler)  # its lines reach the root logger's handler
 
 
 def register_extensions(app: Flask) -> None:
@@ -94,6 +101,18 @@ def register_oauth(app: Flask) -> None:
     init_oauth(app)
 
 
+def register_observability(app: Flask) -> None:
+    """Request ids on every response, log line and audit row; Prometheus metrics.
+
+    See docs/architecture.md, "Observability".
+    """
+    from vault.observability.metrics import init_metrics
+    from vault.observability.request_ids import init_request_ids
+
+    init_request_ids(app)
+    init_metrics(app)
+
+
 def register_security(app: Flask) -> None:
     """Sign-in required everywhere, CSRF and cross-site checks, hostile input refused,
     security headers, cookies, error pages (the outage page too).
@@ -117,7 +136,7 @@ def register_refresh(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mount the web blueprints."""
-    from vault.web import api, audit, auth, connect, connections, health, providers
+    from vault.web import api, audit, auth, connect, connections, health, metrics, providers
     from vault.web.filters import init_filters
 
     app.register_blueprint(providers.bp)
@@ -127,6 +146,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(metrics.bp)
     init_filters(app)
 
 

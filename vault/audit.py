@@ -11,6 +11,7 @@ from sqlalchemy import Table, insert
 
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, User, utcnow
+from vault.observability.request_ids import current_request_id
 from vault.redact import redact
 
 # One statement built once: the hot paths (a token handed out) add a row without the ORM,
@@ -101,6 +102,7 @@ def _values(
         "client_address": request.remote_addr if has_request_context() else None,
         "outcome": outcome,
         "detail": redact(detail)[:1000] if detail else None,
+        "request_id": current_request_id(),
     }
 
 

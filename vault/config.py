@@ -35,6 +35,8 @@ LOCK_TIMEOUT_MARGIN_SECONDS = 5
 # The largest request body read: every form here is a few kilobytes. A bigger one is refused
 # with 413 from its Content-Length, before anything reads it.
 MAX_REQUEST_BYTES = 1024 * 1024
+# VAULT_LOG_FORMAT's choices.
+LOG_FORMATS = ("text", "json")
 # Host names answered besides VAULT_BASE_URL's, so health probes and a shell on the host
 # itself (curl http://127.0.0.1:5000/healthz) keep working.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
@@ -59,6 +61,8 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_REFRESH_BACKOFF_CAP_SECONDS": 3600,
     "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": None,  # provider timeout + LOCK_TIMEOUT_MARGIN_SECONDS
     "VAULT_AUDIT_RETENTION_DAYS": 400,
+    "VAULT_LOG_FORMAT": "text",  # or "json": one JSON object per line
+    "VAULT_METRICS_TOKEN": None,  # unset: /metrics answers loopback only
 })
 ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -131,6 +135,10 @@ def load_config(
             lock_timeout, "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"
         ),
         "VAULT_AUDIT_RETENTION_DAYS": integer("VAULT_AUDIT_RETENTION_DAYS", 1),
+        "VAULT_LOG_FORMAT": _choice(
+            setting("VAULT_LOG_FORMAT"), "VAULT_LOG_FORMAT", LOG_FORMATS
+        ),
+        "VAULT_METRICS_TOKEN": _metrics_token(setting("VAULT_METRICS_TOKEN")),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
         "MAX_CONTENT_LENGTH": MAX_REQUEST_BYTES,
@@ -179,6 +187,26 @@ def _integer(value: Any, name: str, minimum: int) -> int:
     if number < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {number}")
     return number
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
+def _metrics_token(value: Any) -> str | None:
+    # A bearer token anyone may try against /metrics, with no throttle: long and random.
+    # The message never repeats the value.
+    if value is None:
+        return None
+    if len(str(value)) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"VAULT_METRICS_TOKEN is too short ({len(str(value))} characters, need at least "
+            f"{MIN_SECRET_LENGTH}); {SECRET_HINT}"
+        )
+    return str(value)
 
 
 def _seconds(value: Any, name: str) -> float:

@@ -255,6 +255,10 @@ class AuditEvent(Base):
     client_address: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[str | None] = mapped_column(Text)
+    # The X-Request-ID of the request that wrote the row (vault.observability.request_ids),
+    # to find its log lines; NULL for commands and background work. No index: the token
+    # API's hot path writes a row per hand-out.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     # The tamper-evident chain (vault/services/audit_chain.py): set once, when the sealer
     # links the row after its commit, so the hot path's INSERT never waits on the chain.
     # NULL while the row is unsealed; the unique index also refuses a forked chain.

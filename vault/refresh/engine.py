@@ -33,6 +33,7 @@ from vault.grants import Credentials, NotRefreshable, StoredValues, grant_for
 from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.tokens import NewTokens
+from vault.observability import metrics
 from vault.redact import redact_known
 from vault.refresh import rows
 from vault.tokens.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
@@ -223,7 +224,10 @@ class RefreshEngine:
         used = rows.ciphertexts(tokens)
         secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
         try:
-            answer = grant.request(provider, credentials, now=now)
+            with metrics.refresh_attempt(  # times and counts the provider call
+                connection.provider, needs_reconnect=GrantRejected, transient=ProviderFailure
+            ):
+                answer = grant.request(provider, credentials, now=now)
         except NotRefreshable as error:
             return finish(Outcome.UNAVAILABLE, str(error))
         except GrantRejected as error:
