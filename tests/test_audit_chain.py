@@ -12,7 +12,7 @@ from tests.support.audit_rows import add_events, run_sql, sealed_ids
 from vault import audit
 from vault.extensions import db
 from vault.models import AuditChainState, AuditEvent, utcnow
-from vault.services.audit_chain import chain_state, seal, seal_audit_chain, verify
+from vault.services.audit_chain import chain_state, reseal, seal, seal_audit_chain, verify
 
 pytestmark = [
     pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True),
@@ -31,8 +31,8 @@ def test_sealing_links_every_row_and_verification_passes(app, runner):
     result = runner.invoke(args=["vault", "audit-seal"])
     assert result.exit_code == 0, result.output
     assert "Sealed 25 audit event(s)." in result.output
-    head_mac = db.session.scalar(select(AuditEvent.chain_mac).where(AuditEvent.chain_seq == 25))
-    assert f"MAC {bytes(head_mac).hex()}" in result.output  # the head, for operators to anchor
+    head = chain_state()
+    assert f"anchor 25:{bytes(head.head_hash).hex()}" in result.output  # for operators to keep
 
     seqs = db.session.scalars(select(AuditEvent.chain_seq).order_by(AuditEvent.id)).all()
     assert seqs == list(range(1, 26))
@@ -215,3 +215,65 @@ def test_concurrent_sealers_never_fork_the_chain(app):
     assert seqs == list(range(1, 151))
     assert verify().ok
     assert chain_state().head_seq == 150
+
+
+def test_after_a_rotation_reseal_lets_the_old_secret_go(app, make_app, runner):
+    add_events(5)
+    seal()
+    rotated = make_app(ENCRYPTION_SECRET=OTHER_SECRET,
+                       ENCRYPTION_SECRET_PREVIOUS=TEST_ENCRYPTION_SECRET)
+    with rotated.app_context():
+        add_events(2)
+        seal()
+        result = rotated.test_cli_runner().invoke(args=["vault", "audit-reseal"])
+        assert result.exit_code == 0, result.output
+        assert "Resealed 5 audit link(s)" in result.output
+        assert reseal() == 0  # nothing left: rerunning is harmless
+        db.session.remove()
+    new_only = make_app(ENCRYPTION_SECRET=OTHER_SECRET, ENCRYPTION_SECRET_PREVIOUS="")
+    with new_only.app_context():
+        assert len(set(db.session.scalars(select(AuditEvent.chain_key_id)))) == 1
+        result = verify()
+        assert (result.ok, result.verified) == (True, 7)
+        db.session.remove()
+
+
+def test_reseal_does_not_launder_a_tampered_row(app, make_app):
+    add_events(6)
+    seal()
+    run_sql("UPDATE audit_events SET detail = 'rewritten' WHERE id = 4")
+    rotated = make_app(ENCRYPTION_SECRET=OTHER_SECRET,
+                       ENCRYPTION_SECRET_PREVIOUS=TEST_ENCRYPTION_SECRET)
+    with rotated.app_context():
+        result = rotated.test_cli_runner().invoke(args=["vault", "audit-reseal"])
+        assert result.exit_code == 1
+        assert "row #4 does not match its seal" in result.output
+        assert verify().broken_id == 4
+        db.session.remove()
+
+
+def test_an_anchored_head_catches_a_truncation_the_database_hides(app, runner):
+    add_events(6)
+    output = runner.invoke(args=["vault", "audit-seal"]).output
+    anchor = output.split("anchor ")[1].split()[0]
+    assert runner.invoke(args=["vault", "audit-verify", "--anchor", anchor]).exit_code == 0
+
+    # Drop the newest two rows and rewind the recorded head to match: invisible without an anchor.
+    head = db.session.scalar(select(AuditEvent.id).where(AuditEvent.chain_seq == 4))
+    run_sql("DELETE FROM audit_events WHERE chain_seq > 4")
+    run_sql("UPDATE audit_chain_state SET head_seq = 4, head_id = :id", id=head)
+    assert verify_cli(runner).exit_code == 0
+    result = runner.invoke(args=["vault", "audit-verify", "--anchor", anchor])
+    assert result.exit_code == 1
+    assert "the chain ends at link 4 but was sealed up to link 6" in result.output
+
+
+def test_an_anchor_must_be_link_and_hash(app, runner):
+    result = runner.invoke(args=["vault", "audit-verify", "--anchor", "6:nothex"])
+    assert result.exit_code == 2
+    assert "expected LINK:HASH" in result.output
+    add_events(2)
+    seal()
+    result = runner.invoke(args=["vault", "audit-verify", "--anchor", "1:" + "00" * 32])
+    assert result.exit_code == 1
+    assert "row #1 (link 1) does not match the anchored hash" in result.output

@@ -10,14 +10,8 @@ from sqlalchemy import event, func, select
 from tests.support.audit_rows import add_events, run_sql
 from vault.extensions import db
 from vault.models import AuditChainCheckpoint, AuditEvent, utcnow
-from vault.services.audit_chain import (
-    ChainBroken,
-    apply_audit_retention,
-    apply_retention,
-    seal,
-    seal_audit_chain,
-    verify,
-)
+from vault.services.audit_chain import ChainBroken, link_hash, seal, seal_audit_chain, verify
+from vault.services.audit_retention import apply_audit_retention, apply_retention
 
 pytestmark = [
     pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True),
@@ -123,9 +117,12 @@ def test_a_forged_checkpoint_is_caught(app):
     seal()
     apply_retention(NOW, days=400, batch_size=100)
     assert verify().ok
-    # Delete more, then move the checkpoint on to match, as someone with SQL access could.
+    # Delete one more row, and move the checkpoint on to match (the chain hash is no secret).
+    checkpoint = db.session.scalars(select(AuditChainCheckpoint)).one()
+    row = db.session.execute(select(AuditEvent.__table__).where(AuditEvent.id == 9)).one()
+    moved_on = link_hash(checkpoint.through_hash, row._mapping)
     run_sql("UPDATE audit_chain_checkpoints SET through_seq = 9, through_id = 9, "
-            "through_mac = (SELECT chain_mac FROM audit_events WHERE id = 9)")
+            "through_hash = :moved_on", moved_on=moved_on)
     run_sql("DELETE FROM audit_events WHERE id = 9")
     result = verify()
     assert not result.ok

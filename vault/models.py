@@ -259,9 +259,10 @@ class AuditEvent(Base):
     # to find its log lines; NULL for commands and background work. No index: the token
     # API's hot path writes a row per hand-out.
     request_id: Mapped[str | None] = mapped_column(String(128))
-    # The tamper-evident chain (vault/services/audit_chain.py): set once, when the sealer
-    # links the row after its commit, so the hot path's INSERT never waits on the chain.
-    # NULL while the row is unsealed; the unique index also refuses a forked chain.
+    # The tamper-evident chain (vault/services/audit_chain.py): set when the sealer links the
+    # row after its commit, so the hot path's INSERT never waits on the chain; chain_mac is
+    # redone under a new key by `vault audit-reseal`. NULL while the row is unsealed; the
+    # unique chain_seq also refuses a forked chain.
     chain_seq: Mapped[int | None] = mapped_column(unique=True)
     chain_mac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     chain_key_id: Mapped[str | None] = mapped_column(String(8))
@@ -271,7 +272,7 @@ class AuditEvent(Base):
 
 
 class AuditChainState(Base):
-    """The audit chain's one row: its head (the newest sealed link) and the last verification.
+    """The audit chain's one row: its head (the newest link's hash) and the last verification.
 
     Sealers and the retention job lock this row first, so only one extends the chain at a time.
     """
@@ -281,7 +282,7 @@ class AuditChainState(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     head_seq: Mapped[int] = mapped_column(default=0)
     head_id: Mapped[int | None] = mapped_column()
-    head_mac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    head_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     sealed_at: Mapped[datetime | None] = mapped_column()
     verified_at: Mapped[datetime | None] = mapped_column()
     verified_ok: Mapped[bool | None] = mapped_column()
@@ -295,8 +296,9 @@ class AuditChainState(Base):
 class AuditChainCheckpoint(Base):
     """Where the audit chain resumes after retention deleted its oldest links.
 
-    ``through_mac`` is the MAC of the last deleted link; ``mac`` authenticates the checkpoint
-    itself, so nobody without the secret can delete more rows and write a checkpoint to match.
+    ``through_hash`` is the chain hash at the last deleted link; ``mac`` authenticates the
+    checkpoint itself, so nobody without the secret can delete more rows and write a
+    checkpoint to match.
     """
 
     __tablename__ = "audit_chain_checkpoints"
@@ -305,7 +307,7 @@ class AuditChainCheckpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     through_seq: Mapped[int] = mapped_column(index=True)
     through_id: Mapped[int] = mapped_column()
-    through_mac: Mapped[bytes] = mapped_column(LargeBinary(32))
+    through_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     deleted: Mapped[int] = mapped_column()
     key_id: Mapped[str] = mapped_column(String(8))
     mac: Mapped[bytes] = mapped_column(LargeBinary(32))

@@ -5,7 +5,8 @@ Revises: 0011_request_ids
 Create Date: 2026-12-03 00:00:00
 
 Audit rows are linked after they are written (vault/services/audit_chain.py): each sealed row
-gets its place in the chain (chain_seq, unique), its MAC and the id of the key that made it.
+gets its place in the chain (chain_seq, unique), the MAC of its chain hash and the id of the
+key that made the MAC.
 Existing rows start unsealed; the first sealing run links them all, oldest first.
 """
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('head_seq', sa.Integer(), nullable=False),
     sa.Column('head_id', sa.Integer(), nullable=True),
-    sa.Column('head_mac', sa.LargeBinary(length=32), nullable=True),
+    sa.Column('head_hash', sa.LargeBinary(length=32), nullable=True),
     sa.Column('sealed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('verified_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('verified_ok', sa.Boolean(), nullable=True),
@@ -39,7 +40,7 @@ def upgrade():
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('through_seq', sa.Integer(), nullable=False),
     sa.Column('through_id', sa.Integer(), nullable=False),
-    sa.Column('through_mac', sa.LargeBinary(length=32), nullable=False),
+    sa.Column('through_hash', sa.LargeBinary(length=32), nullable=False),
     sa.Column('deleted', sa.Integer(), nullable=False),
     sa.Column('key_id', sa.String(length=8), nullable=False),
     sa.Column('mac', sa.LargeBinary(length=32), nullable=False),

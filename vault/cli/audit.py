@@ -11,8 +11,9 @@ from flask.cli import with_appcontext
 
 from vault.models import utcnow
 from vault.queries.audit import AuditFilters, select_for_export
-from vault.services.audit_chain import ChainBroken, apply_retention, seal, verify
+from vault.services.audit_chain import ChainBroken, reseal, seal, verify
 from vault.services.audit_export import FORMATS, start_export
+from vault.services.audit_retention import apply_retention
 
 _DAY = click.DateTime(formats=["%Y-%m-%d"])
 
@@ -53,21 +54,38 @@ def audit_export_command(since: datetime, until: datetime | None, format_: str,
 def audit_seal_command() -> None:
     """Seal the audit rows written since the last run into the tamper-evident chain.
 
-    Prints the chain's head: keep it somewhere else (a ticket, a log store) to anchor the
-    chain, since deleting the newest sealed rows can only be proven against an anchor.
+    Prints the chain's head: keep it somewhere else (a ticket, a log store) and pass it to
+    ``audit-verify --anchor`` later, since deleting the newest sealed rows can only be proven
+    against an anchor.
     """
     result = seal()
     click.echo(f"Sealed {result.sealed} audit event(s).")
-    if result.head_mac is not None:
-        click.echo(f"Chain head: link {result.head_seq}, row #{result.head_id}, "
-                   f"MAC {bytes(result.head_mac).hex()}")
+    if result.head_hash is not None:
+        click.echo(f"Chain head: link {result.head_seq}, row #{result.head_id}, anchor "
+                   f"{result.head_seq}:{bytes(result.head_hash).hex()}")
+
+
+def _anchor(_context: click.Context, _parameter: click.Parameter,
+            value: str | None) -> tuple[int, bytes] | None:
+    if value is None:
+        return None
+    link, _, digest = value.partition(":")
+    try:
+        anchor = (int(link), bytes.fromhex(digest))
+    except ValueError:
+        anchor = (0, b"")
+    if anchor[0] < 1 or len(anchor[1]) != 32:
+        raise click.BadParameter("expected LINK:HASH as printed by audit-seal")
+    return anchor
 
 
 @click.command("audit-verify")
+@click.option("--anchor", callback=_anchor, metavar="LINK:HASH",
+              help="A head printed by audit-seal earlier: the chain must still reach it.")
 @with_appcontext
-def audit_verify_command() -> None:
+def audit_verify_command(anchor: tuple[int, bytes] | None) -> None:
     """Walk the audit chain; report the first broken link and exit 1, or how many verified."""
-    result = verify()
+    result = verify(anchor=anchor)
     unsealed = f" ({result.unsealed} not sealed yet)" if result.unsealed else ""
     if result.ok:
         click.echo(f"Audit chain intact: {result.verified} event(s) verified, up to row "
@@ -76,6 +94,22 @@ def audit_verify_command() -> None:
     click.echo(f"Audit chain broken: {result.problem}", err=True)
     click.echo(f"{result.verified} event(s) verified before the break{unsealed}.", err=True)
     sys.exit(1)
+
+
+@click.command("audit-reseal")
+@with_appcontext
+def audit_reseal_command() -> None:
+    """Redo the audit chain's MACs under the current key, after `vault rotate-key`.
+
+    Each link is verified under its old key first; at a broken one it stops, exit 1. Run it
+    before removing the old secret from ENCRYPTION_SECRET_PREVIOUS. Resumable.
+    """
+    try:
+        resealed = reseal()
+    except ChainBroken as broken:
+        click.echo(f"Stopped, nothing from the break on resealed: {broken.problem}", err=True)
+        sys.exit(1)
+    click.echo(f"Resealed {resealed} audit link(s) under the current key.")
 
 
 @click.command("audit-retention")
@@ -92,4 +126,4 @@ def audit_retention_command() -> None:
 
 
 COMMANDS = [audit_export_command, audit_seal_command, audit_verify_command,
-            audit_retention_command]
+            audit_reseal_command, audit_retention_command]

@@ -3,45 +3,47 @@
 Rows are written as ever (``vault.audit``), unsealed. The sealer then links them, in id order,
 each under the next ``chain_seq``::
 
-    chain_mac = HMAC-SHA256(key, previous link's chain_mac || canonical(row))
+    hash(n)   = SHA-256(hash(n - 1) || canonical(row n))        hash(0) = 32 zero bytes
+    chain_mac = HMAC-SHA256(key, hash(n))
 
 with ``key`` derived from ENCRYPTION_SECRET under its own label (``vault.crypto``) and its
-key id kept on the row, so links sealed before a key rotation still verify while the retired
-secret stays in ENCRYPTION_SECRET_PREVIOUS. The chain's order is ``chain_seq``, handed out at
+key id kept on the row. Every MAC covers the whole chain up to its row, so nobody without the
+secret can edit, insert, delete or reorder a sealed row unnoticed; and since the chain itself is
+keyless, ``reseal`` can redo the MACs under a new key one batch at a time, resumably, after a
+rotation (until then, old links verify while the retired secret stays in
+ENCRYPTION_SECRET_PREVIOUS). The chain's order is ``chain_seq``, handed out at
 sealing time, not the id: on PostgreSQL a transaction may commit a lower id after a higher
 one was sealed, and such a late row is simply sealed by the next run, at the end of the chain.
 So no row is ever skipped and no time margin is needed.
 
 Sealers and the retention job first lock the one ``audit_chain_state`` row (an UPDATE, which
 takes a row lock on PostgreSQL and the write lock on SQLite), so the chain never forks; the
-unique ``chain_seq`` refuses a fork even if that were bypassed. Retention deletes the oldest
-links only, checking them as it goes, and leaves an authenticated checkpoint (the last
-deleted link's MAC) where verification resumes.
+unique ``chain_seq`` refuses a fork even if that were bypassed. Retention
+(``vault.services.audit_retention``) deletes the oldest links and leaves an authenticated
+checkpoint where verification resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import CursorResult, Table, bindparam, delete, func, select, update
+from sqlalchemy import CursorResult, Row, Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from vault import audit
 from vault.crypto import AUDIT_CHAIN_LABEL
 from vault.extensions import db
 from vault.models import AuditChainCheckpoint, AuditChainState, AuditEvent, utcnow
 from vault.tokens.store import token_vault
 
 BATCH_SIZE = 1000
-# Small, so each retention transaction is short and never holds up the token API for long.
-RETENTION_BATCH_SIZE = 500
-GENESIS_MAC = bytes(32)
+GENESIS_HASH = bytes(32)
 STATE_ID = 1
 
 _events = cast(Table, AuditEvent.__table__)
@@ -64,7 +66,7 @@ class SealResult:
     sealed: int
     head_seq: int
     head_id: int | None
-    head_mac: bytes | None
+    head_hash: bytes | None
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,14 @@ def canonical(row: Mapping[Any, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def link_mac(key: bytes, previous: bytes, row: Mapping[Any, Any]) -> bytes:
-    """The MAC binding ``row`` (with its ``chain_seq``) to the link before it."""
-    return hmac.digest(key, previous + canonical(row), "sha256")
+def link_hash(previous: bytes, row: Mapping[Any, Any]) -> bytes:
+    """The chain hash at ``row`` (with its ``chain_seq``): everything up to it, in order."""
+    return hashlib.sha256(previous + canonical(row)).digest()
+
+
+def link_mac(key: bytes, chain_hash: bytes) -> bytes:
+    """The seal on a link: only a holder of the secret can make it."""
+    return hmac.digest(key, chain_hash, "sha256")
 
 
 def seal(batch_size: int = BATCH_SIZE) -> SealResult:
@@ -107,21 +114,23 @@ def seal(batch_size: int = BATCH_SIZE) -> SealResult:
         count, state = _seal_batch(batch_size)
         sealed += count
         if count < batch_size:
-            return SealResult(sealed, state.head_seq, state.head_id, state.head_mac)
+            return SealResult(sealed, state.head_seq, state.head_id, state.head_hash)
 
 
 def _seal_batch(limit: int) -> tuple[int, AuditChainState]:
     try:
-        state = _lock_state()
+        state = lock_state()
         rows = db.session.execute(
             select(_events).where(_events.c.chain_seq.is_(None)).order_by(_events.c.id).limit(limit)
         ).all()
-        key_id, key = _current_key()
-        previous, seq, links = state.head_mac or GENESIS_MAC, state.head_seq, []
+        key_id, key = current_key()
+        previous, seq, links = state.head_hash or GENESIS_HASH, state.head_seq, []
         for row in rows:
             seq += 1
-            previous = link_mac(key, previous, {**row._mapping, "chain_seq": seq})
-            links.append({"row_id": row.id, "seq": seq, "mac": previous, "kid": key_id})
+            previous = link_hash(previous, {**row._mapping, "chain_seq": seq})
+            links.append(
+                {"row_id": row.id, "seq": seq, "mac": link_mac(key, previous), "kid": key_id}
+            )
         if links:
             db.session.execute(
                 update(_events)
@@ -130,7 +139,7 @@ def _seal_batch(limit: int) -> tuple[int, AuditChainState]:
                         chain_key_id=bindparam("kid")),
                 links,
             )
-            state.head_seq, state.head_mac = seq, previous
+            state.head_seq, state.head_hash = seq, previous
             state.head_id, state.sealed_at = links[-1]["row_id"], utcnow()
         db.session.commit()
         return len(links), state
@@ -140,31 +149,37 @@ def _seal_batch(limit: int) -> tuple[int, AuditChainState]:
 
 
 def verify(
-    batch_size: int = BATCH_SIZE, progress: Callable[[int], None] | None = None
+    batch_size: int = BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+    anchor: tuple[int, bytes] | None = None,
 ) -> Verification:
-    """Walk the whole chain in batches; stop at the first broken link. Stores the outcome."""
-    keys = dict(token_vault.cipher.purpose_keys(AUDIT_CHAIN_LABEL))
+    """Walk the whole chain in batches; stop at the first broken link. Stores the outcome.
+
+    ``anchor``: a ``(link, hash)`` printed by an earlier ``audit-seal`` and kept elsewhere;
+    the chain must reach that link with that hash, which catches a truncated newest tail
+    (and, for the links up to it, even a rewrite by someone holding the secret).
+    """
+    keys = chain_keys()
     state = db.session.get(AuditChainState, STATE_ID, populate_existing=True)
     head_seq = state.head_seq if state is not None else 0
     verified, last_seq, last_id = 0, 0, None
     try:
-        previous, expected = _resume_point(keys)
+        previous, expected = resume_point(keys)
         last_seq = expected - 1
         while True:
-            rows = db.session.execute(
-                select(_events)
-                .where(_events.c.chain_seq >= expected)
-                .order_by(_events.c.chain_seq)
-                .limit(batch_size)
-            ).all()
+            rows = links_from(expected, batch_size)
             for row in rows:
-                previous = _check_link(keys, previous, expected, row._mapping)
+                previous = check_link(keys, previous, expected, row._mapping)
+                if anchor is not None and row.chain_seq == anchor[0] and previous != anchor[1]:
+                    raise ChainBroken(row.id, f"row #{row.id} (link {anchor[0]}) does not "
+                                              "match the anchored hash: the chain was rewritten")
                 expected, verified = expected + 1, verified + 1
                 last_seq, last_id = row.chain_seq, row.id
             if progress is not None:
                 progress(len(rows))
             if len(rows) < batch_size:
                 break
+        head_seq = max(head_seq, anchor[0] if anchor else 0)
         if last_seq < head_seq:
             raise ChainBroken(None, f"the chain ends at link {last_seq} but was sealed up to link "
                                     f"{head_seq}: the newest sealed rows were deleted")
@@ -176,15 +191,13 @@ def verify(
     return result
 
 
-def _resume_point(keys: Mapping[str, bytes]) -> tuple[bytes, int]:
+def resume_point(keys: Mapping[str, bytes]) -> tuple[bytes, int]:
     # Where the chain starts: its genesis, or the newest checkpoint left by retention.
-    checkpoint = db.session.scalars(
-        select(AuditChainCheckpoint).order_by(AuditChainCheckpoint.through_seq.desc()).limit(1)
-    ).first()
+    checkpoint = _newest_checkpoint()
     if checkpoint is None:
-        return GENESIS_MAC, 1
+        return GENESIS_HASH, 1
     key = keys.get(checkpoint.key_id)
-    if key is None or not hmac.compare_digest(checkpoint.mac, _checkpoint_mac(key, checkpoint)):
+    if key is None or not hmac.compare_digest(checkpoint.mac, checkpoint_mac(key, checkpoint)):
         raise ChainBroken(None, f"retention checkpoint #{checkpoint.id} is not authentic "
                                 "(forged or edited, or its key is no longer in the key ring)")
     stray = db.session.scalar(
@@ -193,13 +206,13 @@ def _resume_point(keys: Mapping[str, bytes]) -> tuple[bytes, int]:
     if stray is not None:
         raise ChainBroken(stray, f"row #{stray} sits before the retention checkpoint at link "
                                  f"{checkpoint.through_seq}: it was inserted")
-    return bytes(checkpoint.through_mac), checkpoint.through_seq + 1
+    return bytes(checkpoint.through_hash), checkpoint.through_seq + 1
 
 
-def _check_link(
+def check_link(
     keys: Mapping[str, bytes], previous: bytes, expected: int, row: Mapping[Any, Any]
 ) -> bytes:
-    # One link checked, by verification and by retention alike; returns its MAC.
+    # One link checked, by verification, retention and resealing alike; returns its hash.
     row_id = row["id"]
     if row["chain_seq"] != expected:
         raise ChainBroken(row_id, f"row #{row_id} is link {row['chain_seq']} where link "
@@ -208,77 +221,74 @@ def _check_link(
     if key is None:
         raise ChainBroken(row_id, f"row #{row_id} was sealed with key {row['chain_key_id']}, "
                                   "which is not in the key ring (ENCRYPTION_SECRET_PREVIOUS)")
-    stored = bytes(row["chain_mac"] or b"")
-    if not hmac.compare_digest(stored, link_mac(key, previous, row)):
+    chain_hash = link_hash(previous, row)
+    if not hmac.compare_digest(bytes(row["chain_mac"] or b""), link_mac(key, chain_hash)):
         raise ChainBroken(row_id, f"row #{row_id} does not match its seal: it was edited, or "
                                   "inserted, or rows before it were reordered")
-    return stored
+    return chain_hash
 
 
-def apply_retention(now: datetime, days: int, batch_size: int = RETENTION_BATCH_SIZE) -> int:
-    """Delete sealed rows older than ``days`` (oldest links first), leaving a checkpoint.
-
-    Each batch is checked as it goes: a broken link raises :class:`ChainBroken` and nothing
-    from it on is deleted, so retention never destroys the evidence of tampering.
-    """
-    cutoff = now - timedelta(days=days)
-    deleted, checkpoint_id = 0, None
-    while True:
-        count, checkpoint_id = _retire_batch(cutoff, batch_size, checkpoint_id)
-        deleted += count
-        if count < batch_size:
-            break
-    if deleted:
-        audit.record("audit.retention", actor="system",
-                     detail=f"deleted {deleted} event(s) older than {days} day(s)")
-        db.session.commit()
-    return deleted
-
-
-def _retire_batch(
-    cutoff: datetime, limit: int, checkpoint_id: int | None
-) -> tuple[int, int | None]:
-    try:
-        _lock_state()
-        keys = dict(token_vault.cipher.purpose_keys(AUDIT_CHAIN_LABEL))
-        previous, expected = _resume_point(keys)
-        rows = db.session.execute(
-            select(_events).where(_events.c.chain_seq >= expected)
-            .order_by(_events.c.chain_seq).limit(limit)
-        ).all()
-        doomed = []
-        for row in rows:
-            if row.occurred_at >= cutoff:
-                break
-            previous = _check_link(keys, previous, expected, row._mapping)
-            expected += 1
-            doomed.append(row)
-        if not doomed:
-            db.session.rollback()
-            return 0, checkpoint_id
-        db.session.execute(delete(_events).where(_events.c.id.in_([row.id for row in doomed])))
-        checkpoint = (db.session.get(AuditChainCheckpoint, checkpoint_id) if checkpoint_id
-                      else None) or AuditChainCheckpoint(deleted=0, created_at=utcnow())
-        key_id, key = _current_key()
-        checkpoint.through_seq, checkpoint.through_id = doomed[-1].chain_seq, doomed[-1].id
-        checkpoint.through_mac, checkpoint.key_id = previous, key_id
-        checkpoint.deleted += len(doomed)
-        checkpoint.mac = _checkpoint_mac(key, checkpoint)
-        db.session.add(checkpoint)
-        db.session.commit()
-        return len(doomed), checkpoint.id
-    except BaseException:
-        db.session.rollback()
-        raise
-
-
-def _checkpoint_mac(key: bytes, checkpoint: AuditChainCheckpoint) -> bytes:
+def checkpoint_mac(key: bytes, checkpoint: AuditChainCheckpoint) -> bytes:
     fields = {
         "checkpoint": checkpoint.through_seq,
         "row": checkpoint.through_id,
-        "mac": bytes(checkpoint.through_mac).hex(),
+        "hash": bytes(checkpoint.through_hash).hex(),
     }
     return hmac.digest(key, json.dumps(fields, sort_keys=True).encode(), "sha256")
+
+
+def reseal(batch_size: int = BATCH_SIZE) -> int:
+    """Redo the MACs of links (and checkpoints) not under the current key; returns how many.
+
+    For after ``vault rotate-key``: each link is verified under its own key first (a broken
+    one raises :class:`ChainBroken` and nothing from it on is touched), then sealed under the
+    current key. A batch a transaction; interrupt and rerun at will.
+    """
+    keys = chain_keys()
+    key_id, key = current_key()
+    resealed, position = 0, None
+    while True:
+        try:
+            lock_state()
+            start = resume_point(keys)
+            if position is None or position[1] <= start[1]:  # retention may have run meanwhile
+                position = start
+                resealed += _reseal_checkpoint(key_id, key)
+            previous, expected = position
+            rows = links_from(expected, batch_size)
+            links = []
+            for row in rows:
+                previous = check_link(keys, previous, expected, row._mapping)
+                expected += 1
+                if row.chain_key_id != key_id:
+                    links.append({"row_id": row.id, "mac": link_mac(key, previous), "kid": key_id})
+            if links:
+                db.session.execute(
+                    update(_events).where(_events.c.id == bindparam("row_id"))
+                    .values(chain_mac=bindparam("mac"), chain_key_id=bindparam("kid")),
+                    links,
+                )
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+        resealed, position = resealed + len(links), (previous, expected)
+        if len(rows) < batch_size:
+            return resealed
+
+
+def _reseal_checkpoint(key_id: str, key: bytes) -> int:
+    checkpoint = _newest_checkpoint()
+    if checkpoint is None or checkpoint.key_id == key_id:
+        return 0
+    checkpoint.key_id, checkpoint.mac = key_id, checkpoint_mac(key, checkpoint)
+    return 1
+
+
+def _newest_checkpoint() -> AuditChainCheckpoint | None:
+    return db.session.scalars(
+        select(AuditChainCheckpoint).order_by(AuditChainCheckpoint.through_seq.desc()).limit(1)
+    ).first()
 
 
 def chain_state() -> AuditChainState | None:
@@ -296,24 +306,23 @@ def seal_audit_chain(now: datetime) -> bool:
     return True
 
 
-def apply_audit_retention(now: datetime) -> bool:
-    """Worker job (daily): delete audit rows past VAULT_AUDIT_RETENTION_DAYS, sealed ones only."""
-    try:
-        apply_retention(now, current_app.config["VAULT_AUDIT_RETENTION_DAYS"])
-    except ChainBroken as broken:
-        current_app.logger.error("audit retention stopped at a broken link: %s", broken.problem)
-        return False
-    except SQLAlchemyError:
-        current_app.logger.exception("audit retention failed")
-        return False
-    return True
+def links_from(seq: int, limit: int) -> Sequence[Row[Any]]:
+    """The next ``limit`` sealed rows from link ``seq`` on, in chain order, as plain rows."""
+    return db.session.execute(
+        select(_events).where(_events.c.chain_seq >= seq).order_by(_events.c.chain_seq).limit(limit)
+    ).all()
 
 
-def _current_key() -> tuple[str, bytes]:
+def chain_keys() -> dict[str, bytes]:
+    """Every chain key of the key ring by key id (the current one and retired ones)."""
+    return dict(token_vault.cipher.purpose_keys(AUDIT_CHAIN_LABEL))
+
+
+def current_key() -> tuple[str, bytes]:
     return token_vault.cipher.purpose_keys(AUDIT_CHAIN_LABEL)[0]
 
 
-def _lock_state() -> AuditChainState:
+def lock_state() -> AuditChainState:
     # The UPDATE comes first in the transaction: it takes PostgreSQL's row lock and SQLite's
     # write lock at once, so a second sealer waits here rather than reading a stale head.
     statement = (
