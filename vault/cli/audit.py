@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 
 from vault.models import utcnow
 from vault.queries.audit import AuditFilters, select_for_export
-from vault.services.audit_chain import ChainBroken, reseal, seal, verify
+from vault.services.audit_chain import ChainBroken, chain_length, reseal, seal, verify
 from vault.services.audit_export import FORMATS, start_export
 from vault.services.audit_retention import apply_retention
 
@@ -85,7 +85,9 @@ def _anchor(_context: click.Context, _parameter: click.Parameter,
 @with_appcontext
 def audit_verify_command(anchor: tuple[int, bytes] | None) -> None:
     """Walk the audit chain; report the first broken link and exit 1, or how many verified."""
-    result = verify(anchor=anchor)
+    with click.progressbar(length=chain_length(), label="Verifying the audit chain",
+                           file=sys.stderr) as bar:
+        result = verify(anchor=anchor, progress=bar.update)
     unsealed = f" ({result.unsealed} not sealed yet)" if result.unsealed else ""
     if result.ok:
         click.echo(f"Audit chain intact: {result.verified} event(s) verified, up to row "

@@ -296,6 +296,13 @@ def chain_state() -> AuditChainState | None:
     return db.session.get(AuditChainState, STATE_ID)
 
 
+def chain_length() -> int:
+    """How many sealed links there are to verify (from the head and the newest checkpoint)."""
+    state, checkpoint = chain_state(), _newest_checkpoint()
+    start = checkpoint.through_seq if checkpoint is not None else 0
+    return max((state.head_seq if state is not None else 0) - start, 0)
+
+
 def seal_audit_chain(now: datetime) -> bool:
     """Worker job (every minute): seal the rows written since the last run."""
     try:
