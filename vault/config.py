@@ -37,6 +37,9 @@ LOCK_TIMEOUT_MARGIN_SECONDS = 5
 MAX_REQUEST_BYTES = 1024 * 1024
 # VAULT_LOG_FORMAT's choices.
 LOG_FORMATS = ("text", "json")
+# VAULT_AUDIT_HANDOUTS' choices: an audit row per token handed out, or one per key, connection
+# and hour with a count.
+HANDOUT_AUDIT_MODES = ("each", "hourly")
 # Host names answered besides VAULT_BASE_URL's, so health probes and a shell on the host
 # itself (curl http://127.0.0.1:5000/healthz) keep working.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
@@ -61,6 +64,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_REFRESH_BACKOFF_CAP_SECONDS": 3600,
     "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS": None,  # provider timeout + LOCK_TIMEOUT_MARGIN_SECONDS
     "VAULT_AUDIT_RETENTION_DAYS": 400,
+    "VAULT_AUDIT_HANDOUTS": "each",  # or "hourly"
     "VAULT_LOG_FORMAT": "text",  # or "json": one JSON object per line
     "VAULT_METRICS_TOKEN": None,  # unset: /metrics answers loopback only
 })
@@ -135,6 +139,9 @@ def load_config(
             lock_timeout, "VAULT_REFRESH_LOCK_TIMEOUT_SECONDS"
         ),
         "VAULT_AUDIT_RETENTION_DAYS": integer("VAULT_AUDIT_RETENTION_DAYS", 1),
+        "VAULT_AUDIT_HANDOUTS": _choice(
+            setting("VAULT_AUDIT_HANDOUTS"), "VAULT_AUDIT_HANDOUTS", HANDOUT_AUDIT_MODES
+        ),
         "VAULT_LOG_FORMAT": _choice(
             setting("VAULT_LOG_FORMAT"), "VAULT_LOG_FORMAT", LOG_FORMATS
         ),

@@ -313,6 +313,22 @@ class AuditChainCheckpoint(Base):
     mac: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
+class AuditHandoutCount(Base):
+    """Token hand-outs of one service key and connection in one hour, while it runs.
+
+    Only with VAULT_AUDIT_HANDOUTS=hourly: each hand-out adds one here (an upsert), and once
+    the hour is over the sealer turns the row into one ``token.handed_out`` audit event.
+    """
+
+    __tablename__ = "audit_handout_counts"
+
+    actor: Mapped[str] = mapped_column(String(320), primary_key=True)
+    connection_id: Mapped[int] = mapped_column(primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    target: Mapped[str | None] = mapped_column(String(320))
+    count: Mapped[int] = mapped_column(Integer)
+
+
 class OAuthState(Base):
     """Server-side data of one OAuth flow in progress (PKCE verifier, nonce, redirect URI).
 

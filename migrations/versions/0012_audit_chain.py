@@ -1,4 +1,4 @@
-"""audit chain: seals on audit_events, the chain's state row, retention checkpoints
+"""audit chain: seals on audit_events, the chain's state row, retention checkpoints, hourly hand-out counts
 
 Revision ID: 0012_audit_chain
 Revises: 0011_request_ids
@@ -8,6 +8,7 @@ Audit rows are linked after they are written (vault/services/audit_chain.py): ea
 gets its place in the chain (chain_seq, unique), the MAC of its chain hash and the id of the
 key that made the MAC.
 Existing rows start unsealed; the first sealing run links them all, oldest first.
+audit_handout_counts holds the running hours' counts when VAULT_AUDIT_HANDOUTS=hourly.
 """
 import sqlalchemy as sa
 from alembic import op
@@ -51,6 +52,15 @@ def upgrade():
             batch_op.f('ix_audit_chain_checkpoints_through_seq'), ['through_seq'], unique=False
         )
 
+    op.create_table('audit_handout_counts',
+    sa.Column('actor', sa.String(length=320), nullable=False),
+    sa.Column('connection_id', sa.Integer(), nullable=False),
+    sa.Column('hour', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('target', sa.String(length=320), nullable=True),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('actor', 'connection_id', 'hour', name=op.f('pk_audit_handout_counts'))
+    )
+
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.add_column(sa.Column('chain_seq', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('chain_mac', sa.LargeBinary(length=32), nullable=True))
@@ -74,5 +84,6 @@ def downgrade():
     with op.batch_alter_table('audit_chain_checkpoints', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_chain_checkpoints_through_seq'))
 
+    op.drop_table('audit_handout_counts')
     op.drop_table('audit_chain_checkpoints')
     op.drop_table('audit_chain_state')

@@ -13,6 +13,7 @@ from vault.models import utcnow
 from vault.queries.audit import AuditFilters, select_for_export
 from vault.services.audit_chain import ChainBroken, chain_length, reseal, seal, verify
 from vault.services.audit_export import FORMATS, start_export
+from vault.services.audit_handouts import fold_handouts
 from vault.services.audit_retention import apply_retention
 
 _DAY = click.DateTime(formats=["%Y-%m-%d"])
@@ -58,7 +59,10 @@ def audit_seal_command() -> None:
     ``audit-verify --anchor`` later, since deleting the newest sealed rows can only be proven
     against an anchor.
     """
+    folded = fold_handouts(utcnow())
     result = seal()
+    if folded:
+        click.echo(f"Wrote {folded} hourly hand-out count(s) as audit events.")
     click.echo(f"Sealed {result.sealed} audit event(s).")
     if result.head_hash is not None:
         click.echo(f"Chain head: link {result.head_seq}, row #{result.head_id}, anchor "

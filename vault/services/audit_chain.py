@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from vault.crypto import AUDIT_CHAIN_LABEL
 from vault.extensions import db
 from vault.models import AuditChainCheckpoint, AuditChainState, AuditEvent, utcnow
+from vault.services.audit_handouts import fold_handouts
 from vault.tokens.store import token_vault
 
 BATCH_SIZE = 1000
@@ -304,8 +305,12 @@ def chain_length() -> int:
 
 
 def seal_audit_chain(now: datetime) -> bool:
-    """Worker job (every minute): seal the rows written since the last run."""
+    """Worker job (every minute): seal the rows written since the last run.
+
+    First the hours of hand-out counts that are over become rows (VAULT_AUDIT_HANDOUTS=hourly).
+    """
     try:
+        fold_handouts(now)
         seal()
     except SQLAlchemyError:
         current_app.logger.exception("sealing the audit chain failed")

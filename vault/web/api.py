@@ -164,9 +164,7 @@ def access_token(connection_id: int):
         return _error(500, "undecryptable", "the stored token cannot be decrypted")
     # Committed (by itself, or with the refresh path's transaction) before the token
     # leaves: no hand-out goes unaudited.
-    audit.insert_now(
-        "token.handed_out", target=row.provider, connection_id=connection_id, actor=key.actor
-    )
+    audit.handed_out(target=row.provider, connection_id=connection_id, actor=key.actor)
     db.session.commit()
     metrics.count_handout(key.name)  # in this process's memory: no database statement
     return jsonify(
