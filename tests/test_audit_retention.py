@@ -135,3 +135,19 @@ def test_cli_applies_retention(app, runner):
     result = runner.invoke(args=["vault", "audit-retention"])
     assert result.exit_code == 0, result.output
     assert "Deleted 2 sealed audit event(s) older than 400 day(s)." in result.output
+
+
+def test_verification_goes_on_when_retention_runs_meanwhile(app):
+    add_events(30, occurred_at=OLD)
+    add_events(5, occurred_at=NOW - timedelta(days=1))
+    seal()
+    runs = []
+
+    def retention_after_the_first_batch(count):
+        if not runs:
+            runs.append(apply_retention(NOW, days=400))
+
+    result = verify(batch_size=10, progress=retention_after_the_first_batch)
+    assert runs == [30]
+    assert (result.ok, result.problem) == (True, None)
+    assert result.verified == 10 + 5
