@@ -83,3 +83,16 @@ def test_lines_go_out_once_whatever_the_number_of_apps(json_app, make_app, capsy
 def test_an_unknown_log_format_stops_start_up(make_app, app):
     with pytest.raises(SystemExit, match="VAULT_LOG_FORMAT must be one of text, json"):
         make_app(VAULT_LOG_FORMAT="xml")
+
+
+def test_many_apps_keep_one_record_factory_chain(json_app, make_app):
+    def depth() -> int:
+        factory, layers = logging.getLogRecordFactory(), 0
+        while factory is not None:
+            layers, factory = layers + 1, getattr(factory, "wrapped", None)
+        return layers
+
+    before = depth()
+    for _ in range(5):
+        make_app()
+    assert depth() == before

@@ -61,8 +61,8 @@ def register_logging(app: Flask) -> None:
     from vault.observability.logs import install_logging
     from vault.redact import install_log_redaction
 
-    install_log_redaction()
     install_logging(app.config["VAULT_LOG_FORMAT"])
+    install_log_redaction()  # after: its factory must stay the outermost
     app.logger.removeHandler(default_handler)  # its lines reach the root logger's handler
 
 

@@ -63,6 +63,16 @@ class _RequestIdRecordFactory:
         return record
 
 
+def _installed(factory) -> bool:
+    # Other wrappers (vault.redact's) may sit on top of ours: look down the whole chain, so
+    # each create_app of the process does not add one more layer.
+    while factory is not None:
+        if isinstance(factory, _RequestIdRecordFactory):
+            return True
+        factory = getattr(factory, "wrapped", None)
+    return False
+
+
 def formatter_for(log_format: str) -> logging.Formatter:
     """The formatter of ``VAULT_LOG_FORMAT`` (``text`` or ``json``)."""
     if log_format == "json":
@@ -74,11 +84,12 @@ def install_logging(log_format: str) -> None:
     """Send every logger's records through one handler in ``log_format``, with request ids.
 
     Replaces the handler an earlier app of this process installed (tests build many apps),
-    so each line is written once. Levels are left as they are.
+    so each line is written once. Levels are left as they are. Call it before
+    :func:`vault.redact.install_log_redaction`, whose factory then stays on top of the chain
+    (it only looks at the top one to avoid wrapping itself twice).
     """
-    current = logging.getLogRecordFactory()
-    if not isinstance(current, _RequestIdRecordFactory):
-        logging.setLogRecordFactory(_RequestIdRecordFactory(current))
+    if not _installed(logging.getLogRecordFactory()):
+        logging.setLogRecordFactory(_RequestIdRecordFactory(logging.getLogRecordFactory()))
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _VaultLogHandler)]:
         root.removeHandler(handler)
