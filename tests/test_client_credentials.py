@@ -143,7 +143,7 @@ def test_refresh_due_renews_it_with_the_client_secret(vault_app, db, stub, admin
     result = runner.invoke(args=["vault", "refresh-due", "--json"])
 
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["refreshed"] == 1
+    assert json.loads(result.stdout)["refreshed"] == 1
     assert [r["form"]["grant_type"] for r in stub.requests] == ["client_credentials"] * 2
     db.session.expire_all()
     assert token_vault.get(db.session.get(Connection, connection_id), TokenKind.ACCESS) == (

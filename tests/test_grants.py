@@ -200,7 +200,7 @@ def test_c_refresh_due_claims_exactly_the_renewable(vault_app, db, stub, runner)
     }
 
     result = runner.invoke(args=["vault", "refresh-due", "--within", str(10 * 86400), "--json"])
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     renewable = sum(RENEWABLE.values())
     assert (report["due"], report["refreshed"], report["problems"]) == (renewable, renewable, [])
     assert result.exit_code == 0 and calls(stub) == renewable

@@ -42,7 +42,7 @@ def test_refreshes_what_is_due_and_reports(vault_app, db, stub, runner):
     assert again.exit_code == 0 and "Refreshed 0" in again.output and "(0 due" in again.output
     wider = refresh_due_cli(runner, "--within", "10000", "--json")
     assert wider.exit_code == 0
-    assert json.loads(wider.output)["refreshed"] == 4  # "later" and the three refreshed
+    assert json.loads(wider.stdout)["refreshed"] == 4  # "later" and the three refreshed
     assert stub.count() == 8
 
 
@@ -52,7 +52,7 @@ def test_failures_back_off_and_json_reports_them(vault_app, db, stub, runner):
     stub.fail_next(503, {"error": "temporarily_unavailable"})
     result = refresh_due_cli(runner, "--json")
     assert result.exit_code == 1
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert (report["due"], report["failed"], report["ok"]) == (1, 1, False)
     problem = report["problems"][0]
     assert problem["connection_id"] == failing and "HTTP 503" in problem["message"]

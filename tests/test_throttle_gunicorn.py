@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +18,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, func, select
 
-from tests.support.gunicorn import Gunicorn
-from vault import PROJECT_ROOT, create_app
+from tests.support.gunicorn import Gunicorn, migrated_app
 from vault.extensions import db
 from vault.models import AuditEvent, ThrottleCounter
 from vault.services import accounts
@@ -47,12 +44,7 @@ def environment(postgres_url, tmp_path) -> dict[str, str]:
         "VAULT_PROVIDERS_FILE": str(providers),
         "VAULT_TRUSTED_PROXIES": "1",  # each attempt's address from X-Forwarded-For
     }
-    migrated = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
-    assert migrated.returncode == 0, migrated.stderr
-    app = create_app({key: env[key] for key in
-                      ("DATABASE_URL", "SECRET_KEY", "ENCRYPTION_SECRET", "VAULT_PROVIDERS_FILE")})
+    app = migrated_app(env)
     with app.app_context():
         accounts.create_user(EMAIL, "admin", PASSWORD)
         db.session.commit()

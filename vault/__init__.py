@@ -33,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     except ConfigError as error:
         raise SystemExit(f"Token Vault cannot start: {error}") from None
     register_oauth(app)
+    register_observability(app)
     register_security(app)
     register_refresh(app)
     register_alerts(app)
@@ -54,10 +55,16 @@ def register_providers(app: Flask, overrides: Mapping[str, Any] | None) -> None:
 
 
 def register_logging(app: Flask) -> None:
-    """Scrub credentials from every log record, whichever logger or handler it goes through."""
+    """Scrub credentials from every log record, whichever logger or handler it goes through;
+    one handler writes each line, as text or JSON (``VAULT_LOG_FORMAT``), with its request id."""
+    from flask.logging import default_handler
+
+    from vault.observability.logs import install_logging
     from vault.redact import install_log_redaction
 
-    install_log_redaction()
+    install_logging(app.config["VAULT_LOG_FORMAT"])
+    install_log_redaction()  # after: its factory must stay the outermost
+    app.logger.removeHandler(default_handler)  # its lines reach the root logger's handler
 
 
 def register_extensions(app: Flask) -> None:
@@ -93,6 +100,18 @@ def register_oauth(app: Flask) -> None:
     from vault.oauth.clients import init_oauth
 
     init_oauth(app)
+
+
+def register_observability(app: Flask) -> None:
+    """Request ids on every response, log line and audit row; Prometheus metrics.
+
+    See docs/architecture.md, "Observability".
+    """
+    from vault.observability.metrics import init_metrics
+    from vault.observability.request_ids import init_request_ids
+
+    init_request_ids(app)
+    init_metrics(app)
 
 
 def register_security(app: Flask) -> None:
@@ -136,6 +155,7 @@ def register_blueprints(app: Flask) -> None:
         connect,
         connections,
         health,
+        metrics,
         providers,
         reconnect,
     )
@@ -150,6 +170,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(reconnect.bp)
     app.register_blueprint(alerts.bp)
+    app.register_blueprint(metrics.bp)
     init_filters(app)
 
 

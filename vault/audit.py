@@ -1,21 +1,34 @@
-"""The audit trail: :func:`record` for every security event, :func:`insert_now` on hot paths."""
+"""The audit trail: :func:`record` for every security event, :func:`insert_now` on hot paths.
+
+:func:`handed_out` audits a token hand-out as VAULT_AUDIT_HANDOUTS says.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import cast
 
-from flask import has_request_context, request
+from flask import current_app, has_request_context, request
 from flask_login import current_user
 from sqlalchemy import Table, insert
+from sqlalchemy.dialects import postgresql, sqlite
 
 from vault.extensions import db
-from vault.models import AuditEvent, Connection, User, utcnow
+from vault.models import AuditEvent, AuditHandoutCount, Connection, User, utcnow
+from vault.observability.request_ids import current_request_id
 from vault.redact import redact
 
 # One statement built once: the hot paths (a token handed out) add a row without the ORM,
 # and without RETURNING the new id, which nobody reads.
 _INSERT = insert(cast(Table, AuditEvent.__table__)).inline()
+_COUNTS = cast(Table, AuditHandoutCount.__table__)
+# VAULT_AUDIT_HANDOUTS=hourly: one more in the hour's row, created by the hour's first.
+_COUNT_ONE_MORE = {
+    backend.dialect.name: backend.insert(_COUNTS).on_conflict_do_update(
+        index_elements=["actor", "connection_id", "hour"], set_={"count": _COUNTS.c.count + 1}
+    )
+    for backend in (postgresql, sqlite)
+}
 
 
 def record(
@@ -56,6 +69,25 @@ def insert_now(
     values = _values(action, target, connection_id, outcome, detail, actor)
     values["occurred_at"] = utcnow()
     db.session.connection().execute(_INSERT, values)
+
+
+def handed_out(*, target: str, connection_id: int, actor: str) -> None:
+    """Audit a token handed out to ``actor`` (a service key), at once, on the session.
+
+    By default its own ``token.handed_out`` row (:func:`insert_now`). With
+    VAULT_AUDIT_HANDOUTS=hourly, one more in the count of this key, connection and hour,
+    which the sealer turns into one audit row once the hour is over.
+    """
+    if current_app.config["VAULT_AUDIT_HANDOUTS"] != "hourly":
+        insert_now("token.handed_out", target=target, connection_id=connection_id, actor=actor)
+        return
+    connection = db.session.connection()
+    hour = utcnow().replace(minute=0, second=0, microsecond=0)
+    connection.execute(
+        _COUNT_ONE_MORE[connection.dialect.name],
+        {"actor": actor, "connection_id": connection_id, "hour": hour, "target": target,
+         "count": 1},
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +133,7 @@ def _values(
         "client_address": request.remote_addr if has_request_context() else None,
         "outcome": outcome,
         "detail": redact(detail)[:1000] if detail else None,
+        "request_id": current_request_id(),
     }
 
 

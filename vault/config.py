@@ -38,6 +38,11 @@ LOCK_TIMEOUT_MARGIN_SECONDS = 5
 # The largest request body read: every form here is a few kilobytes. A bigger one is refused
 # with 413 from its Content-Length, before anything reads it.
 MAX_REQUEST_BYTES = 1024 * 1024
+# VAULT_LOG_FORMAT's choices.
+LOG_FORMATS = ("text", "json")
+# VAULT_AUDIT_HANDOUTS' choices: an audit row per token handed out, or one per key, connection
+# and hour with a count.
+HANDOUT_AUDIT_MODES = ("each", "hourly")
 # Host names answered besides VAULT_BASE_URL's, so health probes and a shell on the host
 # itself (curl http://127.0.0.1:5000/healthz) keep working.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
@@ -75,6 +80,10 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_ALERT_WEBHOOK_SECRET": None,  # whsec_... signing secret
     "VAULT_ALERT_SLACK_WEBHOOK_URL": None,  # a Slack incoming-webhook URL
     "VAULT_CHECK_INTERVAL_HOURS": 24,
+    "VAULT_AUDIT_RETENTION_DAYS": 400,
+    "VAULT_AUDIT_HANDOUTS": "each",  # or "hourly"
+    "VAULT_LOG_FORMAT": "text",  # or "json": one JSON object per line
+    "VAULT_METRICS_TOKEN": None,  # unset: /metrics answers loopback only
 })
 ENVIRONMENT_VARIABLES: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -153,6 +162,14 @@ def load_config(
         **_alert_channels(setting, base_url),
         # How often the worker checks each stored credential (vault/services/checks.py).
         "VAULT_CHECK_INTERVAL_HOURS": integer("VAULT_CHECK_INTERVAL_HOURS", 1),
+        "VAULT_AUDIT_RETENTION_DAYS": integer("VAULT_AUDIT_RETENTION_DAYS", 1),
+        "VAULT_AUDIT_HANDOUTS": _choice(
+            setting("VAULT_AUDIT_HANDOUTS"), "VAULT_AUDIT_HANDOUTS", HANDOUT_AUDIT_MODES
+        ),
+        "VAULT_LOG_FORMAT": _choice(
+            setting("VAULT_LOG_FORMAT"), "VAULT_LOG_FORMAT", LOG_FORMATS
+        ),
+        "VAULT_METRICS_TOKEN": _metrics_token(setting("VAULT_METRICS_TOKEN")),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which expires
         "MAX_CONTENT_LENGTH": MAX_REQUEST_BYTES,
@@ -201,6 +218,26 @@ def _integer(value: Any, name: str, minimum: int) -> int:
     if number < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {number}")
     return number
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
+def _metrics_token(value: Any) -> str | None:
+    # A bearer token anyone may try against /metrics, with no throttle: long and random.
+    # The message never repeats the value.
+    if value is None:
+        return None
+    if len(str(value)) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"VAULT_METRICS_TOKEN is too short ({len(str(value))} characters, need at least "
+            f"{MIN_SECRET_LENGTH}); {SECRET_HINT}"
+        )
+    return str(value)
 
 
 def _seconds(value: Any, name: str) -> float:

@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-__all__ = ["TokenCipher", "DecryptionError", "MIN_SECRET_LENGTH", "FORMAT_VERSION"]
+__all__ = [
+    "TokenCipher", "DecryptionError", "MIN_SECRET_LENGTH", "FORMAT_VERSION", "AUDIT_CHAIN_LABEL"
+]
 
 FORMAT_VERSION = 1
 MIN_SECRET_LENGTH = 32
@@ -40,6 +42,8 @@ _SCRYPT_SALT = b"token-vault/v1/master-key"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
 _SUBKEY_INFO = b"token-vault/v1/aes-256-gcm/"
 _KEY_ID_INFO = b"token-vault/v1/key-id"
+# Labels of the keys derived for other purposes than encryption: one label, one key.
+AUDIT_CHAIN_LABEL = b"token-vault/v1/audit-chain"
 
 
 class DecryptionError(Exception):
@@ -64,7 +68,7 @@ def _stretch_secret(secret: str) -> bytes:
 class _Key:
     """One master key: its public id and a keyed HKDF-Expand (HMAC-SHA256) prefix state."""
 
-    __slots__ = ("key_id", "header_prefix", "_prefix")
+    __slots__ = ("key_id", "header_prefix", "_prefix", "_master")
 
     def __init__(self, master_key: bytes) -> None:
         # HKDF-SHA256-Expand (RFC 5869) for a 32-byte output is a single block,
@@ -80,6 +84,11 @@ class _Key:
         self._prefix.update(_SUBKEY_INFO)
         self.key_id = hmac.digest(master_key, _KEY_ID_INFO, "sha256")[:_KEY_ID_LENGTH]
         self.header_prefix = bytes([FORMAT_VERSION]) + self.key_id
+        self._master = master_key
+
+    def purpose_key(self, label: bytes) -> bytes:
+        """HKDF-SHA256-Expand(master, info=label, L=32): a key for one purpose (a MAC)."""
+        return hmac.digest(self._master, label + b"\x01", "sha256")
 
     def subkey(self, salt: bytes) -> AESGCM:
         """HKDF-SHA256-Expand(master, info=label|salt, L=32) as an AES-256-GCM cipher."""
@@ -121,6 +130,14 @@ class TokenCipher:
     def key_ids(self) -> list[str]:
         """Hex ids of every key in the ring, newest first."""
         return [key.key_id.hex() for key in self._ring]
+
+    def purpose_keys(self, label: bytes) -> list[tuple[str, bytes]]:
+        """``(key id, key)`` derived for ``label`` from every key in the ring, newest first.
+
+        The same key ids as the ciphertexts', so whatever records which key it used stays
+        checkable after a rotation while the retired secret is still in the ring.
+        """
+        return [(key.key_id.hex(), key.purpose_key(label)) for key in self._ring]
 
     def encrypt(self, plaintext: str, *, aad: bytes = b"") -> bytes:
         """Encrypt ``plaintext`` under the current key, bound to ``aad``."""

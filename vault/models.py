@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
@@ -246,7 +247,16 @@ class AuditEvent(Base):
     """Who did what, to what, when, from where, and how it went. Never holds a secret."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index(None, "action", "occurred_at"),)
+    __table_args__ = (
+        Index(None, "action", "occurred_at"),
+        # The sealer's work list, kept small: only rows not yet in the chain.
+        Index(
+            "ix_audit_events_unsealed",
+            "id",
+            postgresql_where=text("chain_seq IS NULL"),
+            sqlite_where=text("chain_seq IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -263,9 +273,78 @@ class AuditEvent(Base):
     client_address: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[str | None] = mapped_column(Text)
+    # The X-Request-ID of the request that wrote the row (vault.observability.request_ids),
+    # to find its log lines; NULL for commands and background work. No index: the token
+    # API's hot path writes a row per hand-out.
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # The tamper-evident chain (vault/services/audit_chain.py): set when the sealer links the
+    # row after its commit, so the hot path's INSERT never waits on the chain; chain_mac is
+    # redone under a new key by `vault audit-reseal`. NULL while the row is unsealed; the
+    # unique chain_seq also refuses a forked chain.
+    chain_seq: Mapped[int | None] = mapped_column(unique=True)
+    chain_mac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    chain_key_id: Mapped[str | None] = mapped_column(String(8))
 
     def __repr__(self) -> str:
         return f"<AuditEvent {self.id} {self.action} {self.outcome}>"
+
+
+class AuditChainState(Base):
+    """The audit chain's one row: its head (the newest link's hash) and the last verification.
+
+    Sealers and the retention job lock this row first, so only one extends the chain at a time.
+    """
+
+    __tablename__ = "audit_chain_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    head_seq: Mapped[int] = mapped_column(default=0)
+    head_id: Mapped[int | None] = mapped_column()
+    head_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    sealed_at: Mapped[datetime | None] = mapped_column()
+    verified_at: Mapped[datetime | None] = mapped_column()
+    verified_ok: Mapped[bool | None] = mapped_column()
+    # How far the last verification got: the last good link, and the first broken one.
+    verified_seq: Mapped[int | None] = mapped_column()
+    verified_id: Mapped[int | None] = mapped_column()
+    broken_id: Mapped[int | None] = mapped_column()
+    problem: Mapped[str | None] = mapped_column(String(500))
+
+
+class AuditChainCheckpoint(Base):
+    """Where the audit chain resumes after retention deleted its oldest links.
+
+    ``through_hash`` is the chain hash at the last deleted link; ``mac`` authenticates the
+    checkpoint itself, so nobody without the secret can delete more rows and write a
+    checkpoint to match.
+    """
+
+    __tablename__ = "audit_chain_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    through_seq: Mapped[int] = mapped_column(index=True)
+    through_id: Mapped[int] = mapped_column()
+    through_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    deleted: Mapped[int] = mapped_column()
+    key_id: Mapped[str] = mapped_column(String(8))
+    mac: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditHandoutCount(Base):
+    """Token hand-outs of one service key and connection in one hour, while it runs.
+
+    Only with VAULT_AUDIT_HANDOUTS=hourly: each hand-out adds one here (an upsert), and once
+    the hour is over the sealer turns the row into one ``token.handed_out`` audit event.
+    """
+
+    __tablename__ = "audit_handout_counts"
+
+    actor: Mapped[str] = mapped_column(String(320), primary_key=True)
+    connection_id: Mapped[int] = mapped_column(primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    target: Mapped[str | None] = mapped_column(String(320))
+    count: Mapped[int] = mapped_column(Integer)
 
 
 class OAuthState(Base):

@@ -9,8 +9,13 @@ import time
 from pathlib import Path
 
 import requests
+from flask import Flask
+
+from vault import create_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# What create_app needs of the instances' environment, to prepare their database in-process.
+APP_SETTINGS = ("DATABASE_URL", "SECRET_KEY", "ENCRYPTION_SECRET", "VAULT_PROVIDERS_FILE")
 
 
 def free_port() -> int:
@@ -18,6 +23,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def migrated_app(env: dict[str, str]) -> Flask:
+    """``flask db upgrade`` on ``env``'s database, then an app on it to add rows with."""
+    migrated = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
+                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+    return create_app({key: env[key] for key in APP_SETTINGS})
 
 
 class Gunicorn:

@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 
 def register_commands(app: Flask) -> None:
     """Attach ``flask users``, ``flask vault`` and ``flask service-keys`` to ``app``."""
-    from vault.cli import checks, demo, keys, refresh, service_keys, users, worker
+    from vault.cli import audit, checks, demo, keys, refresh, service_keys, users, worker
 
     app.cli.add_command(_group("users", "Manage staff accounts.", users.COMMANDS))
     app.cli.add_command(
@@ -23,7 +23,7 @@ def register_commands(app: Flask) -> None:
             "vault",
             "Operate on the encrypted vault.",
             [*keys.COMMANDS, *refresh.COMMANDS, *checks.COMMANDS, *worker.COMMANDS,
-             *demo.COMMANDS],
+             *demo.COMMANDS, *audit.COMMANDS],
         )
     )
     app.cli.add_command(

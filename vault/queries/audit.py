@@ -1,16 +1,28 @@
-"""The audit page's queries: the log filtered by action, actor and connection, paginated."""
+"""The audit page's queries: the log filtered by action, actor, connection and dates.
+
+The page and its export (web and CLI) read the same :class:`AuditFilters` and the same
+conditions; the export walks its rows in id order, a batch at a time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Row, Table, func, select
 
 from vault.extensions import db
 from vault.models import AuditEvent
 from vault.queries.connections import PAGE_SIZE, Page, page_number, positive_int
+
+EXPORT_BATCH_SIZE = 1000
+_events = cast(Table, AuditEvent.__table__)
+# Every column but the MAC and its key id (which mean nothing without the secret).
+EXPORT_COLUMNS = tuple(
+    column for column in _events.columns if column.name not in ("chain_mac", "chain_key_id")
+)
 
 
 @dataclass(frozen=True)
@@ -20,15 +32,23 @@ class AuditFilters:
     action: str | None = None
     actor: str = ""
     connection_id: int | None = None
+    since: date | None = None
+    until: date | None = None
     page: int = 1
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> AuditFilters:
-        """Read ``action``, ``actor``, ``connection`` and ``page``."""
+        """Read ``action``, ``actor``, ``connection``, ``since``, ``until`` and ``page``.
+
+        ``since`` and ``until`` are days (YYYY-MM-DD, UTC), both included; an unreadable one
+        is ignored, as an unreadable page number is.
+        """
         return cls(
             action=(args.get("action") or "").strip()[:64] or None,
             actor=" ".join((args.get("actor") or "").split())[:320],
             connection_id=positive_int(args.get("connection")),
+            since=parse_day(args.get("since")),
+            until=parse_day(args.get("until")),
             page=positive_int(args.get("page"), 1) or 1,
         )
 
@@ -39,6 +59,8 @@ class AuditFilters:
             "action": current.action,
             "actor": current.actor or None,
             "connection": current.connection_id,
+            "since": current.since.isoformat() if current.since else None,
+            "until": current.until.isoformat() if current.until else None,
             "page": None if current.page == 1 else current.page,
         }
         return {name: value for name, value in args.items() if value is not None}
@@ -46,11 +68,26 @@ class AuditFilters:
     @property
     def active(self) -> bool:
         """Whether anything narrows the log."""
-        return bool(self.action or self.actor or self.connection_id)
+        return bool(
+            self.action or self.actor or self.connection_id or self.since or self.until
+        )
+
+    def describe(self) -> str:
+        """The filters in words, for the audit row an export leaves (``all events`` if none)."""
+        args = self.query_args(page=1)
+        return " ".join(f"{name}={value}" for name, value in args.items()) or "all events"
 
 
-def list_audit(filters: AuditFilters, size: int = PAGE_SIZE) -> Page[AuditEvent]:
-    """One page of audit events matching ``filters``, newest first."""
+def parse_day(value: str | None) -> date | None:
+    """A YYYY-MM-DD day, or None for anything else."""
+    try:
+        return date.fromisoformat((value or "").strip()) if value else None
+    except ValueError:
+        return None
+
+
+def _conditions(filters: AuditFilters) -> list[ColumnElement[bool]]:
+    # The one place the filters become SQL: the page, its count and the export share it.
     conditions = []
     if filters.action:
         conditions.append(AuditEvent.action == filters.action)
@@ -58,6 +95,20 @@ def list_audit(filters: AuditFilters, size: int = PAGE_SIZE) -> Page[AuditEvent]
         conditions.append(AuditEvent.actor.icontains(filters.actor, autoescape=True))
     if filters.connection_id:
         conditions.append(AuditEvent.connection_id == filters.connection_id)
+    if filters.since:
+        conditions.append(AuditEvent.occurred_at >= _midnight(filters.since))
+    if filters.until:
+        conditions.append(AuditEvent.occurred_at < _midnight(filters.until + timedelta(days=1)))
+    return conditions
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=timezone.utc)
+
+
+def list_audit(filters: AuditFilters, size: int = PAGE_SIZE) -> Page[AuditEvent]:
+    """One page of audit events matching ``filters``, newest first."""
+    conditions = _conditions(filters)
     total = db.session.scalar(select(func.count(AuditEvent.id)).where(*conditions)) or 0
     number = page_number(filters.page, total, size)
     statement = (
@@ -85,3 +136,54 @@ def connection_history(connection_id: int, limit: int = 20) -> list[AuditEvent]:
         .limit(limit)
     )
     return list(db.session.scalars(statement))
+
+
+@dataclass(frozen=True)
+class ExportSelection:
+    """What an export of the filters holds, fixed when it starts, and its rows to come."""
+
+    description: str
+    count: int
+    field_names: tuple[str, ...]
+    batches: Iterator[Sequence[Row[Any]]]
+
+
+def select_for_export(filters: AuditFilters) -> ExportSelection:
+    """The rows ``filters`` select up to the newest id now, counted; read later in batches.
+
+    Rows written while the export streams are left for the next one, so the count recorded
+    in the audit trail is the count delivered.
+    """
+    last_id = db.session.scalar(select(func.max(AuditEvent.id))) or 0
+    count = db.session.scalar(
+        select(func.count(AuditEvent.id)).where(*_conditions(filters), AuditEvent.id <= last_id)
+    )
+    return ExportSelection(
+        description=filters.describe(),
+        count=count or 0,
+        field_names=tuple(column.name for column in EXPORT_COLUMNS),
+        batches=export_batches(filters, last_id),
+    )
+
+
+def export_batches(
+    filters: AuditFilters, last_id: int, size: int = EXPORT_BATCH_SIZE
+) -> Iterator[Sequence[Row[Any]]]:
+    """The matching rows up to ``last_id``, oldest first, ``size`` at a time (keyset paging).
+
+    Each batch is one short query for plain rows (no ORM objects), so memory stays bounded
+    by ``size`` however many rows match, and no cursor stays open between batches.
+    """
+    conditions, after = _conditions(filters), 0
+    while True:
+        batch = db.session.execute(
+            select(*EXPORT_COLUMNS)
+            .where(*conditions, _events.c.id > after, _events.c.id <= last_id)
+            .order_by(_events.c.id)
+            .limit(size)
+        ).all()
+        if batch:
+            yield batch
+            after = batch[-1].id
+        if len(batch) < size:
+            return

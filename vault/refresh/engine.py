@@ -35,6 +35,7 @@ from vault.grants.limits import apply_reconnect_deadline
 from vault.models import Connection, ConnectionStatus, Token, TokenKind, User
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.tokens import NewTokens
+from vault.observability import metrics
 from vault.redact import redact_known
 from vault.refresh import rows
 from vault.tokens.store import NeedsReconnect, TokenUnavailable, sanitize_error, token_vault
@@ -236,7 +237,10 @@ class RefreshEngine:
         failure: GrantRejected | ProviderFailure | None = None
         # On SQLite only the lease is held here: this session has no write transaction open.
         try:
-            answer = grant.request(provider, credentials, now=now)
+            with metrics.refresh_attempt(  # times and counts the provider call
+                connection.provider, needs_reconnect=GrantRejected, transient=ProviderFailure
+            ):
+                answer = grant.request(provider, credentials, now=now)
         except NotRefreshable as error:
             return finish(Outcome.UNAVAILABLE, str(error))
         except (GrantRejected, ProviderFailure) as error:

@@ -21,6 +21,7 @@ from vault import audit
 from vault.crypto import DecryptionError
 from vault.extensions import csrf, db, limiter
 from vault.models import Connection, Token, TokenKind, utcnow
+from vault.observability import metrics
 from vault.refresh.engine import ProviderUnavailable
 from vault.services import service_keys
 from vault.tokens.store import AccessToken, NeedsReconnect, TokenUnavailable, token_vault
@@ -163,10 +164,9 @@ def access_token(connection_id: int):
         return _error(500, "undecryptable", "the stored token cannot be decrypted")
     # Committed (by itself, or with the refresh path's transaction) before the token
     # leaves: no hand-out goes unaudited.
-    audit.insert_now(
-        "token.handed_out", target=row.provider, connection_id=connection_id, actor=key.actor
-    )
+    audit.handed_out(target=row.provider, connection_id=connection_id, actor=key.actor)
     db.session.commit()
+    metrics.count_handout(key.name)  # in this process's memory: no database statement
     return jsonify(
         access_token=token.value, token_type=token.token_type, expires_at=_iso(token.expires_at)
     )
@@ -232,6 +232,7 @@ def unexpected_error(error: Exception):
 
 
 def _error(status: int, error: str, message: str) -> Response:
+    metrics.count_api_error(error)  # every error answer of the API comes through here
     response = jsonify(error=error, message=message)
     response.status_code = status
     return response

@@ -64,8 +64,9 @@ PUBLIC_ENDPOINTS = frozenset({
 # Answered without looking at the session: a liveness probe must not need the users table.
 SESSIONLESS_ENDPOINTS = frozenset({"static", "health.healthz"})
 # Blueprints that authenticate every request themselves and use no session: the JSON API
-# (service keys). Any other blueprint, including one added later, needs a signed-in user.
-SELF_AUTHENTICATING_BLUEPRINTS = frozenset({"api"})
+# (service keys) and /metrics (its bearer token, or loopback). Any other blueprint,
+# including one added later, needs a signed-in user.
+SELF_AUTHENTICATING_BLUEPRINTS = frozenset({"api", "metrics"})
 # Where that blueprint (vault.web.api) is mounted: its requests never get a staff session.
 SERVICE_API_PATH = "/api/v1/"
 # All a user who must choose a new password can reach until they have.

@@ -24,6 +24,8 @@ from flask import current_app
 from vault.alerts import rules
 from vault.alerts.delivery import deliver_pending, dispatch, prune
 from vault.refresh.batch import refresh_due
+from vault.services.audit_chain import seal_audit_chain
+from vault.services.audit_retention import apply_audit_retention
 from vault.services.checks import check_due_credentials
 from vault.services.connections import recompute_reconnect_by
 
@@ -120,4 +122,8 @@ def default_jobs() -> list[Job]:
         Job("check-credentials", check_credentials_job),
         Job("alerts", alerts_job),
         Job("prune-alerts", prune_alerts_job, every=timedelta(days=1)),
+        # Audit rows are sealed into the HMAC chain within a minute of being written, and
+        # only sealed rows are ever retired (docs/architecture.md, "Audit trail").
+        Job("audit-seal", seal_audit_chain, every=timedelta(minutes=1)),
+        Job("audit-retention", apply_audit_retention, every=timedelta(days=1)),
     ]
