@@ -230,7 +230,7 @@ def test_the_cli_checks_and_exits_1_on_a_failure(check_app, db, checks, runner):
     checks.answer_next(401, {"message": "revoked"})
     result = runner.invoke(args=["vault", "check-credentials", "--provider", "partner", "--json"])
     assert result.exit_code == 1
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)  # log lines go to stderr
     assert summary["checked"] == 1 and summary["rejected"] == 1
     assert summary["results"][0]["provider"] == "partner"
     assert PARTNER_KEY not in result.output
