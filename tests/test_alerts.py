@@ -109,17 +109,48 @@ def test_a_revoked_connection_is_mailed_and_posted_signed_with_a_reconnect_link(
 def test_the_reconnect_link_is_stored_only_encrypted(vault_app, db, stub, smtp, receiver):
     connection_id = make_connection(stub)
     revoke_at_provider(stub, connection_id)
+    delivery.dispatch(utcnow())
+    [notification] = db.session.scalars(select(Notification)).all()
+    ciphertext = notification.reconnect_url_ciphertext
+    assert ciphertext is not None
     alerts_job(utcnow())
     url = receiver.requests[0].json()["data"]["reconnect_url"]
     token = url.rsplit("/", 1)[1]
-    [notification] = db.session.scalars(select(Notification)).all()
-    assert notification.reconnect_url_ciphertext is not None
-    assert token.encode() not in notification.reconnect_url_ciphertext
+    assert token.encode() not in ciphertext
     assert token not in str(notification.details) and token not in repr(notification)
     for table in ("notifications", "notification_deliveries", "delivery_attempts",
                   "audit_events", "reconnect_links"):
         rows = db.session.execute(text(f"SELECT * FROM {table}")).all()
         assert token not in str(rows), table
+
+
+def test_the_encrypted_link_waits_only_until_every_channel_took_the_alert(
+    vault_app, db, stub, smtp, receiver
+):
+    connection_id = make_connection(stub)
+    revoke_at_provider(stub, connection_id)
+    smtp.stop()
+    now = utcnow()
+    alerts_job(now)  # the webhook takes it; the e-mail waits for its retry
+    assert len(receiver.requests) == 1
+    assert db.session.scalars(select(Notification)).one().reconnect_url_ciphertext is not None
+    smtp.start()
+    alerts_job(now + timedelta(hours=2))
+    assert len(smtp.messages) == 1 and "/reconnect/" in smtp.messages[0].as_string()
+    db.session.expire_all()
+    assert db.session.scalars(select(Notification)).one().reconnect_url_ciphertext is None
+
+
+def test_prune_sweeps_a_link_left_on_an_alert_that_is_done(vault_app, db, stub, smtp, receiver):
+    """Two last deliveries ending at once may each see the other pending: prune catches it."""
+    connection_id = make_connection(stub)
+    revoke_at_provider(stub, connection_id)
+    alerts_job(utcnow())
+    notification = db.session.scalars(select(Notification)).one()
+    notification.reconnect_url_ciphertext = b"left behind"
+    db.session.commit()
+    delivery.prune(utcnow())
+    assert db.session.scalars(select(Notification)).one().reconnect_url_ciphertext is None
 
 
 def test_the_alert_is_written_with_the_state_change_or_not_at_all(vault_app, db, stub):

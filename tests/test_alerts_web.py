@@ -142,6 +142,84 @@ def test_smtp_uses_starttls_when_offered_and_then_logs_in(app, tmp_path, monkeyp
     assert server.messages[0]["Subject"].startswith("[Token Vault] Reconnect needed")
 
 
+def test_smtp_without_starttls_gets_neither_password_nor_alert(app):
+    """A server (or an attacker stripping STARTTLS) offering AUTH in the clear gets nothing:
+    the password never reaches the wire and no message is accepted."""
+    from tests.support.smtp_server import SmtpServer
+    from vault.alerts.channels import ChannelError, EmailChannel
+
+    with SmtpServer(user="alerts", password=SMTP_PASSWORD) as server:  # AUTH, no STARTTLS
+        broken_connection()
+        dispatch(utcnow())
+        message = message_for(db.session.scalars(select(Notification)).one())
+        with pytest.raises(ChannelError, match="offers no STARTTLS") as refused:
+            EmailChannel(server.url, "vault@example.com", ["ops@example.com"]).send(message)
+    assert server.messages == [] and server.logins == []
+    assert SMTP_PASSWORD not in str(refused.value)
+
+
+def test_smtp_stripped_starttls_never_puts_the_password_on_the_wire(app):
+    """What the client writes to a server that offers AUTH PLAIN but no STARTTLS."""
+    import base64
+    import socket
+    import threading
+
+    from vault.alerts.channels import ChannelError, EmailChannel
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    wire: list[bytes] = []
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rwb") as stream:
+            def say(line: str) -> None:
+                stream.write(line.encode() + b"\r\n")
+                stream.flush()
+            say("220 mitm ESMTP")
+            while line := stream.readline():
+                wire.append(line)
+                verb = line.upper()
+                if verb.startswith(b"EHLO"):
+                    say("250-mitm")
+                    say("250 AUTH PLAIN LOGIN")
+                elif verb.startswith(b"QUIT"):
+                    say("221 bye")
+                    break
+                else:
+                    say("235 ok" if verb.startswith(b"AUTH") else "250 ok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    broken_connection()
+    dispatch(utcnow())
+    message = message_for(db.session.scalars(select(Notification)).one())
+    with pytest.raises(ChannelError):
+        EmailChannel(f"smtp://alerts:{SMTP_PASSWORD}@127.0.0.1:{port}",
+                     "vault@example.com", ["ops@example.com"]).send(message)
+    thread.join(5)
+    listener.close()
+    sent = b"".join(wire)
+    encoded = base64.b64encode(f"\0alerts\0{SMTP_PASSWORD}".encode())
+    assert b"AUTH" not in sent.upper() and b"MAIL FROM" not in sent.upper()
+    assert SMTP_PASSWORD.encode() not in sent and encoded not in sent
+
+
+def test_plain_smtp_is_allowed_only_to_a_loopback_relay_without_credentials(app):
+    """The one clear-text case: nothing secret to strip, and nothing crosses a network."""
+    from tests.support.smtp_server import SmtpServer
+    from vault.alerts.channels import EmailChannel
+
+    with SmtpServer() as server:
+        broken_connection()
+        dispatch(utcnow())
+        message = message_for(db.session.scalars(select(Notification)).one())
+        EmailChannel(server.url, "vault@example.com", ["ops@example.com"]).send(message)
+    assert server.encrypted == [False] and len(server.messages) == 1
+    assert not EmailChannel("smtp://relay.example.com:25", "v@example.com",
+                            ["o@example.com"])._may_send_in_clear()
+
+
 def test_an_event_about_a_provider_goes_out_without_a_connection(app, receiver, smtp):
     from vault.alerts.events import add_once
 

@@ -287,3 +287,63 @@ def test_recompute_limits_fills_in_existing_connections(check_app, db, stub, run
     assert result.exit_code == 0 and "1 changed" in result.output
     assert load(connection_id).reconnect_reason == "no deadline: renews itself"
     assert "0 changed" in runner.invoke(args=["vault", "recompute-limits"]).output
+
+
+@both_backends
+def test_a_refusal_of_a_key_replaced_meanwhile_is_stale(check_app, db, checks, monkeypatch):
+    """A 401 for the old key must not kill the key an admin pasted while it was checked."""
+    from vault.extensions import db as vault_db
+    from vault.models import Token
+    from vault.oauth import checks as oauth_checks
+    from vault.oauth.errors import GrantRejected
+
+    old, new = "pk-old-0123456789abcdef", "pk-new-0123456789abcdef"
+    connection_id = make_api_key_connection("partner", "line 1", old)
+
+    def refused_after_a_new_key_is_pasted(provider, api_key, extra_params=None):
+        assert api_key == old
+        with vault_db.engine.begin() as other:  # another request, its own transaction
+            other.execute(Token.__table__.update().where(
+                Token.__table__.c.connection_id == connection_id).values(
+                ciphertext=token_vault.cipher.encrypt(new, aad=b"x"), is_valid=True))
+        raise GrantRejected("Partner answered HTTP 401: old key revoked")
+
+    monkeypatch.setattr(oauth_checks, "check_url", refused_after_a_new_key_is_pasted)
+    outcome, connection = run_check(connection_id, db)
+    assert outcome.result is CheckResult.SKIPPED and "changed while it was checked" in (
+        outcome.message)
+    assert connection.status == ConnectionStatus.ACTIVE.value
+    assert all(t.is_valid for t in connection.tokens)
+    assert connection.next_check_at <= utcnow()  # the new key is checked next round
+
+
+@both_backends
+def test_a_refused_access_token_with_a_refresh_token_is_left_to_the_refresh_engine(
+    check_app, db, stub, checks
+):
+    connection_id = make_connection(stub, expires_in=3600)
+    checks.answer_next(401, {"error": "invalid_token"})
+    outcome, connection = run_check(connection_id, db)
+    assert outcome.result is CheckResult.SKIPPED
+    assert outcome.message == "access token refused; refresh scheduled"
+    assert connection.status == ConnectionStatus.ACTIVE.value
+    access = token_vault.token(connection, TokenKind.ACCESS)
+    assert access.expires_at <= utcnow() and stub.count("/token") == 0  # due, not refreshed
+    refresh_token = token_vault.get(connection, TokenKind.REFRESH)
+    assert refresh_token in stub.valid_refresh_tokens
+    # The refresh engine decides next: the connection is now due for it.
+    from vault.refresh.batch import count_due
+    assert count_due(0) == 1
+
+
+@both_backends
+def test_a_refused_access_token_without_a_refresh_token_needs_reconnect(
+    check_app, db, stub, checks
+):
+    connection_id = make_connection(stub, expires_in=3600)
+    token_vault.delete(load(connection_id), [TokenKind.REFRESH])
+    db.session.commit()
+    checks.answer_next(401, {"error": "invalid_token"})
+    outcome, connection = run_check(connection_id, db)
+    assert outcome.result is CheckResult.REJECTED
+    assert connection.status == ConnectionStatus.NEEDS_RECONNECT.value

@@ -233,3 +233,48 @@ def test_two_completions_at_once_consume_the_link_once(app, db, broken):
     used = db.session.scalars(select(AuditEvent.action).where(
         AuditEvent.action == "reconnect_link.used")).all()
     assert len(used) == 1
+
+
+def test_a_reconnect_by_other_means_kills_open_links_for_good(app, db, broken):
+    """A link is for one breakage: reconnected meanwhile, it stays dead when the connection
+    breaks again (it does not come back to life with the needs-reconnect status)."""
+    from vault.services.connections import record_grant
+
+    provider = app.extensions["providers"].get("stub")
+    urls = [reconnect_links.issue_reconnect_link(broken, created_by=None, now=NOW)
+            for _ in range(2)]
+    db.session.commit()
+    used = reconnect_links.open_link(token_of(urls[0]), NOW)
+    _complete(db, used, provider, "sub-1")  # through one link: the other dies with it
+    db.session.commit()
+    other = reconnect_links.find(token_of(urls[1]))
+    assert other.revoked_at is not None and db.session.get(AccessLink, used.id).used_at
+    assert reconnect_links.state_of(other, NOW) == "revoked"
+
+    broken.status = ConnectionStatus.NEEDS_RECONNECT.value
+    url = reconnect_links.issue_reconnect_link(broken, created_by=None, now=NOW)
+    db.session.commit()
+    record_grant(provider, {"access_token": "at-" + "b" * 30}, Account("sub-1", None, None),
+                 None)  # reconnected by an admin in the dashboard, not through the link
+    broken.status = ConnectionStatus.NEEDS_RECONNECT.value  # and broken again later
+    db.session.commit()
+    for token in (token_of(url), token_of(urls[1])):
+        with pytest.raises(LinkError, match="reconnected or switched off"):
+            reconnect_links.open_link(token, NOW)
+    events = db.session.scalars(select(AuditEvent.detail).where(
+        AuditEvent.action == "reconnect_link.revoked")).all()
+    assert any("reconnected" in (e or "") for e in events)
+
+
+def test_disconnecting_kills_open_links(app, db, broken):
+    from vault.services.accounts import create_user
+    from vault.services.connections import disconnect
+
+    admin = create_user("admin@example.com", "admin", "correct horse battery")
+    url = reconnect_links.issue_reconnect_link(broken, created_by=None, now=NOW)
+    db.session.commit()
+    disconnect(broken, None, admin)
+    broken.status = ConnectionStatus.NEEDS_RECONNECT.value  # even if it were broken again
+    db.session.commit()
+    with pytest.raises(LinkError, match="reconnected or switched off"):
+        reconnect_links.open_link(token_of(url), NOW)

@@ -19,9 +19,15 @@ WEBHOOK_PATH = "/hooks/vault-secret-path"
 
 
 @pytest.fixture
-def smtp():
-    """A running SMTP server that wants ``alerts`` / :data:`SMTP_PASSWORD`."""
-    with SmtpServer(user="alerts", password=SMTP_PASSWORD) as server:
+def smtp(tmp_path_factory, monkeypatch):
+    """A running SMTP server that wants STARTTLS, then ``alerts`` / :data:`SMTP_PASSWORD`.
+
+    TLS because the e-mail channel never sends a password without it; the test certificate
+    is trusted through ``SSL_CERT_FILE`` (inherited by worker processes too).
+    """
+    tls_dir = tmp_path_factory.mktemp("smtp-tls")
+    with SmtpServer(user="alerts", password=SMTP_PASSWORD, tls_dir=tls_dir) as server:
+        monkeypatch.setenv("SSL_CERT_FILE", server.ca_file)
         yield server
 
 

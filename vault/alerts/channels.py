@@ -1,6 +1,7 @@
 """The alert channels, configured from the environment (checked in vault/config.py).
 
-``email`` (SMTP with STARTTLS when offered, or implicit TLS for ``smtps://``), ``webhook``
+``email`` (SMTP with STARTTLS, or implicit TLS for ``smtps://``; see
+:meth:`EmailChannel.send` for the one case that may go without TLS), ``webhook``
 (signed per Standard Webhooks) and ``slack`` (an incoming webhook). Each sends one
 :class:`~vault.alerts.messages.Message` with a timeout and raises :class:`ChannelError`, whose
 message is safe to store and show: no password, secret or webhook path (a Slack URL is
@@ -9,6 +10,7 @@ itself a credential). Pages show a channel by :attr:`Channel.target`: the host o
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import smtplib
 import ssl
@@ -91,9 +93,17 @@ class EmailChannel:
                 server = smtplib.SMTP(self._host, self._port, timeout=TIMEOUT_SECONDS)
             with server:
                 server.ehlo()
-                if not self._implicit_tls and server.has_extn("starttls"):
-                    server.starttls(context=context)
-                    server.ehlo()
+                if not self._implicit_tls:
+                    if server.has_extn("starttls"):
+                        server.starttls(context=context)
+                        server.ehlo()
+                    elif not self._may_send_in_clear():
+                        # A missing STARTTLS is what an attacker stripping it looks like:
+                        # never hand it the password or the alert (with its links).
+                        raise ChannelError(
+                            "server offers no STARTTLS; refusing to send credentials/alerts"
+                            " in the clear"
+                        )
                 if self._user and self._password:
                     server.login(self._user, self._password)
                 server.send_message(mail)
@@ -105,6 +115,19 @@ class EmailChannel:
             raise ChannelError(self._safe(
                 f"SMTP {self._host}:{self._port}: {type(error).__name__}: {error}"
             )) from None
+
+    def _may_send_in_clear(self) -> bool:
+        """The one case plain SMTP is allowed: a relay on a loopback address, no credentials.
+
+        Traffic to loopback never crosses a network, so nobody can strip STARTTLS there; a
+        password, though, is never sent without TLS, wherever the server is.
+        """
+        if self._user or self._password:
+            return False
+        try:
+            return ipaddress.ip_address(self._host).is_loopback
+        except ValueError:
+            return self._host == "localhost"
 
     def _safe(self, text: str) -> str:
         return sanitize_error(redact_known(text, [self._password]))

@@ -277,11 +277,43 @@ def _record(delivery_id: int, claim: str, error: str | None, moment: datetime) -
         else:
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (delivery.attempts - 1))
             delivery.next_attempt_at = moment + delay
+        if delivery.status != DeliveryStatus.PENDING.value:
+            db.session.flush()  # the ended delivery counts in the check below
+            clear_spent_links(delivery.notification_id)
     db.session.commit()
     if error is not None:
         current_app.logger.warning(
             "alert delivery %s over %s failed: %s", delivery_id, delivery.channel, error
         )
+
+
+def clear_spent_links(alert_id: int | None = None) -> int:
+    """Drop the encrypted reconnect link of every alert no channel still has to take.
+
+    A link waits on its alert only until every delivery that carries it (the alert's own,
+    and its digest's) has ended, delivered or abandoned (docs/security.md). With
+    ``alert_id``: that alert and, if it is a digest, the alerts it folds; without: all (the
+    prune job's sweep, which also catches two last deliveries ending at once, each seeing
+    the other still pending). The caller commits; returns how many links went.
+    """
+    carriers = or_(
+        NotificationDelivery.notification_id == Notification.id,
+        NotificationDelivery.notification_id == Notification.digest_id,
+    )
+    waiting = exists().where(carriers, NotificationDelivery.status == DeliveryStatus.PENDING.value)
+    statement = update(Notification).where(
+        Notification.reconnect_url_ciphertext.is_not(None),
+        Notification.dispatched_at.is_not(None),
+        ~waiting,
+    )
+    if alert_id is not None:
+        statement = statement.where(
+            or_(Notification.id == alert_id, Notification.digest_id == alert_id)
+        )
+    return db.session.execute(
+        statement.values(reconnect_url_ciphertext=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
 
 
 def send_test_alert(requested_by: str, now: datetime) -> Notification:
@@ -307,6 +339,8 @@ def send_test_alert(requested_by: str, now: datetime) -> Notification:
 def prune(now: datetime) -> int:
     """Delete alerts older than :data:`KEEP_FOR` with nothing left to send; commits.
 
+    Also drops any reconnect link left on an alert that is done (:func:`clear_spent_links`).
+
     Returns how many alerts went (their deliveries and attempts go with them).
     """
     waiting = exists().where(
@@ -331,5 +365,6 @@ def prune(now: datetime) -> int:
             update(Notification).where(Notification.digest_id.in_(ids)).values(digest_id=None)
         )
         db.session.execute(delete(Notification).where(Notification.id.in_(ids)))
+    clear_spent_links()
     db.session.commit()
     return len(ids)

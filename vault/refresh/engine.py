@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
+from sqlalchemy.exc import OperationalError
 
 from vault import audit
 from vault.extensions import db
@@ -245,6 +247,59 @@ class RefreshEngine:
             return finish(Outcome.UNAVAILABLE, str(error))
         except (GrantRejected, ProviderFailure) as error:
             failure = error
+        # The answer is in hand (a rotated refresh token may exist nowhere else): on SQLite
+        # another writer may hold the file's write lock past busy_timeout right now, so the
+        # storing transaction is tried again until the lock timeout has passed once more.
+        deadline = time.monotonic() + _lock_timeout()
+        while True:
+            try:
+                return self._settle(
+                    connection, tokens, used, answer, failure, secrets, actor, now, usable
+                )
+            except OperationalError as error:
+                db.session.rollback()  # the claim stays in session.info until a commit
+                if not rows.is_busy(error):
+                    raise
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(rows.LEASE_POLL_SECONDS)
+        # Loud, for the operator: a provider that rotates refresh tokens may have retired
+        # the stored one. No token or reason text: only which connection.
+        current_app.logger.error(
+            "refresh of connection %s: the provider answered but the database stayed locked;"
+            " its answer was not stored (a rotated refresh token may be lost)",
+            connection_id,
+        )
+        rows.abandon(connection_id)
+        return RefreshResult(
+            connection_id, Outcome.FAILED,
+            "the database stayed locked; the provider's answer could not be stored",
+            usable=usable,
+        )
+
+    def _settle(
+        self,
+        connection: Connection,
+        tokens: dict[str, Token],
+        used: dict[str, bytes],
+        answer: NewTokens | None,
+        failure: GrantRejected | ProviderFailure | None,
+        secrets: list[str],
+        actor: Actor,
+        now: datetime,
+        usable: bool,
+    ) -> RefreshResult:
+        """Store the provider's answer (or failure) and commit, in one transaction.
+
+        Raises OperationalError when SQLite's write lock is busy; the caller may retry.
+        """
+        connection_id = connection.id
+
+        def finish(outcome: Outcome, message: str = "") -> RefreshResult:
+            rows.release(connection_id)
+            db.session.commit()
+            return RefreshResult(connection_id, outcome, message, None, usable)
+
         if not rows.may_store(connection_id, used):
             # SQLite only: this call outlived its lease, and another refresh stored first.
             current_app.logger.warning(

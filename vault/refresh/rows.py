@@ -10,7 +10,9 @@ every process (sign-in, hand-outs' audit rows) for up to the provider's timeout.
 refresh claims a lease instead (a ``refresh_leases`` row with a random claim and an expiry)
 in a short transaction of its own, calls the provider with no transaction open, and
 :func:`release` checks in the storing transaction that the claim is still its own. The
-claim lives in the session's ``info``, as a row lock lives in its transaction.
+claim lives in the session's ``info``, as a row lock lives in its transaction, and leaves it
+only once the transaction that deleted the lease has committed: a storing transaction that
+fails (SQLite's "database is locked") can be retried, or the lease abandoned, with the claim.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import time
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, event, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from vault.extensions import db
 from vault.models import Connection, RefreshLease, Token, TokenKind
@@ -30,12 +33,16 @@ from vault.tokens.store import token_vault
 
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE raised when lock_timeout expires
 _REFRESHABLE_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)
+# What a refresh uses and replaces; a credential check compares every stored credential.
+REFRESH_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH)
+CREDENTIAL_KINDS = _REFRESHABLE_KINDS
 # How often a refresh waiting for another's SQLite lease looks again.
 LEASE_POLL_SECONDS = 0.1
 # A lease outlives its holder's provider call (bounded by the lock timeout) this many times
 # over before another refresh may take it: only a crashed or frozen holder loses it.
 LEASE_LOCK_TIMEOUTS = 2
 _LEASES = "refresh_leases"  # key of the session's info: connection id -> our claim
+_RELEASING = "refresh_leases_releasing"  # ids whose lease the open transaction deletes
 
 
 class LockTimeout(Exception):
@@ -88,15 +95,39 @@ def release(connection_id: int) -> bool:
     lock); False when it lapsed and another refresh took it over meanwhile. Nothing is
     released until the caller commits, so the result and the release land together.
     """
-    claim = db.session.info.get(_LEASES, {}).pop(connection_id, None)
+    claim = db.session.info.get(_LEASES, {}).get(connection_id)
     if claim is None:
         return not uses_leases()
+    # Forgotten only when this transaction commits (see _forget_released).
+    db.session.info.setdefault(_RELEASING, set()).add(connection_id)
     deleted = db.session.execute(
         delete(RefreshLease).where(
             RefreshLease.connection_id == connection_id, RefreshLease.claim == claim
         )
     )
     return deleted.rowcount == 1  # type: ignore[attr-defined]
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_released(session: Session) -> None:
+    """The leases a committed transaction deleted are no longer this session's."""
+    leases = session.info.get(_LEASES, {})
+    for connection_id in session.info.pop(_RELEASING, ()):
+        leases.pop(connection_id, None)
+
+
+@event.listens_for(Session, "after_rollback")
+def _keep_unreleased(session: Session) -> None:
+    """A rolled-back release deleted nothing: the claim is still ours to retry or abandon."""
+    session.info.pop(_RELEASING, None)
+
+
+def is_busy(error: OperationalError) -> bool:
+    """SQLite's write lock stayed taken past busy_timeout: worth retrying a moment later.
+
+    Never true on PostgreSQL, where a refresh's writes are covered by its row lock.
+    """
+    return uses_leases() and _is_lock_timeout(error)
 
 
 def may_store(connection_id: int, used: dict[str, bytes]) -> bool:
@@ -191,23 +222,30 @@ def access_token(connection_id: int) -> Token | None:
     )
 
 
-def fingerprint(connection_id: int) -> dict[str, bytes]:
-    """The access and refresh ciphertexts as committed now: they change with every refresh."""
+def fingerprint(
+    connection_id: int, kinds: tuple[TokenKind, ...] = REFRESH_KINDS
+) -> dict[str, bytes]:
+    """The ciphertexts of ``kinds`` (default: access and refresh) as committed now.
+
+    Every store encrypts afresh, so they change with every refresh, reconnect or new key.
+    """
     rows = db.session.execute(
         select(Token.kind, Token.ciphertext).where(
             Token.connection_id == connection_id,
-            Token.kind.in_([TokenKind.ACCESS.value, TokenKind.REFRESH.value]),
+            Token.kind.in_([kind.value for kind in kinds]),
         )
     )
     return {kind: bytes(ciphertext) for kind, ciphertext in rows}
 
 
-def ciphertexts(tokens: dict[str, Token]) -> dict[str, bytes]:
+def ciphertexts(
+    tokens: dict[str, Token], kinds: tuple[TokenKind, ...] = REFRESH_KINDS
+) -> dict[str, bytes]:
     """Like :func:`fingerprint`, from rows already read."""
     return {
-        kind: bytes(tokens[kind].ciphertext)
-        for kind in (TokenKind.ACCESS.value, TokenKind.REFRESH.value)
-        if kind in tokens
+        kind.value: bytes(tokens[kind.value].ciphertext)
+        for kind in kinds
+        if kind.value in tokens
     }
 
 

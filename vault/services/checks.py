@@ -10,7 +10,11 @@ stored credential still works without renewing anything:
 * OAuth connections: the userinfo endpoint with the stored access token; an expired token is
   skipped (refreshing it is the refresh engine's business, never a check's).
 
-401/403 mark the connection ``needs_reconnect`` with the provider's (scrubbed) reason; 429,
+401/403 mark the connection ``needs_reconnect`` with the provider's (scrubbed) reason, unless
+the stored credential changed while it was checked (a reconnect, a pasted key, a refresh:
+the result is then skipped and the new one checked next round), or an OAuth connection has
+a refresh token: a refused access token does not prove the grant dead, so it is marked
+expired and the refresh engine decides. 429,
 5xx and timeouts are transient: the status is kept and the check retried with the refresh
 back-off. The worker's job, :func:`check_due_credentials`, claims each due connection in
 the database with a conditional UPDATE of ``next_check_at``, so workers never check the
@@ -37,6 +41,7 @@ from vault.oauth import checks
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.providers.registry import Provider
 from vault.redact import redact_known
+from vault.refresh.rows import CREDENTIAL_KINDS, ciphertexts, fingerprint, read_tokens
 from vault.services.connections import update_reconnect_by
 from vault.tokens.store import sanitize_error, token_vault
 
@@ -158,6 +163,8 @@ def check_connection(connection: Connection, *, actor: Actor, now: datetime) -> 
     provider = current_app.extensions["providers"].get(connection.provider)
     interval = timedelta(hours=current_app.config["VAULT_CHECK_INTERVAL_HOURS"])
     connection_id, provider_key = connection.id, connection.provider
+    # What is checked, to tell a refusal of it from a refusal of something stored since.
+    checked = ciphertexts({t.kind: t for t in connection.tokens}, CREDENTIAL_KINDS)
     vault_error = False
     try:
         plan = _plan(connection, provider, now)
@@ -183,6 +190,8 @@ def check_connection(connection: Connection, *, actor: Actor, now: datetime) -> 
                 f" ({answer.identity})" if answer.identity else "")
             _learn_expiry(connection, answer)
     message = sanitize_error(message)
+    if result is CheckResult.REJECTED:
+        result, message = _refused(connection, provider, checked, message, now)
     connection.last_checked_at = now
     connection.check_result = result.value
     connection.check_message = message
@@ -190,11 +199,11 @@ def check_connection(connection: Connection, *, actor: Actor, now: datetime) -> 
         failures = connection.check_failure_count or 0
         connection.check_failure_count = failures + 1
         connection.next_check_at = now + _backoff(failures, retry_after, interval)
+    elif result is CheckResult.SKIPPED and message == _CHANGED:
+        connection.next_check_at = now  # check the new credential next round
     else:
         connection.check_failure_count = 0
         connection.next_check_at = now + interval
-    if result is CheckResult.REJECTED:
-        token_vault.mark_invalid(connection, f"credential check: {message}")
     if result in (CheckResult.OK, CheckResult.REJECTED):
         update_reconnect_by(connection, provider, now)
     if actor != "system" or result in (CheckResult.REJECTED, CheckResult.FAILED):
@@ -205,6 +214,39 @@ def check_connection(connection: Connection, *, actor: Actor, now: datetime) -> 
             detail=f"{result.value}: {message}",
         )
     return CheckOutcome(connection_id, provider_key, result, message, vault_error)
+
+
+_CHANGED = "the credential changed while it was checked; the new one is checked next"
+_REFRESH_SCHEDULED = "access token refused; refresh scheduled"
+
+
+def _refused(
+    connection: Connection, provider: Provider | None, checked: dict[str, bytes],
+    message: str, now: datetime,
+) -> tuple[CheckResult, str]:
+    """What a 401/403 on ``checked`` means for what is stored now; the caller commits.
+
+    Decided under the connection's write lock, taken first by an UPDATE of its row
+    (PostgreSQL's row lock, SQLite's file lock): a reconnect or a pasted key committing
+    meanwhile is then either already visible here or waits for this transaction.
+    """
+    db.session.execute(
+        update(Connection).where(Connection.id == connection.id).values(last_checked_at=now)
+    )
+    if fingerprint(connection.id, CREDENTIAL_KINDS) != checked:
+        return CheckResult.SKIPPED, _CHANGED
+    tokens = read_tokens(connection)  # fresh: is_valid may have changed meanwhile
+    refresh = tokens.get(TokenKind.REFRESH.value)
+    access = tokens.get(TokenKind.ACCESS.value)
+    if provider is not None and provider.is_oauth and access is not None and (
+        refresh is not None and refresh.is_valid
+    ):
+        # userinfo judged only the access token (revoked, or rotated out early); whether
+        # the grant lives is the refresh engine's call: an expired token is due for it now.
+        access.expires_at = now
+        return CheckResult.SKIPPED, _REFRESH_SCHEDULED
+    token_vault.mark_invalid(connection, f"credential check: {message}")
+    return CheckResult.REJECTED, message
 
 
 def _learn_expiry(connection: Connection, answer: checks.CheckAnswer) -> None:

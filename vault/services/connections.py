@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from vault import audit
@@ -25,7 +25,16 @@ from vault.grants import (
     grant_for,
 )
 from vault.grants.limits import Deadline, apply_reconnect_deadline
-from vault.models import Connection, ConnectionStatus, Token, TokenKind, User, utcnow
+from vault.models import (
+    AccessLink,
+    Connection,
+    ConnectionStatus,
+    LinkKind,
+    Token,
+    TokenKind,
+    User,
+    utcnow,
+)
 from vault.oauth import tokens
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.lifetimes import lifetime_end
@@ -118,6 +127,8 @@ def record_grant(
     if token.get("id_token"):
         token_vault.store(connection, TokenKind.ID, token["id_token"])
     update_reconnect_by(connection, provider, now)
+    if not created:
+        void_reconnect_links(connection, now, "the connection was reconnected")
     audit.record(
         "connection.created" if created else "connection.reconnected",
         target=f"{provider.key}:{account.email or account.subject}",
@@ -125,6 +136,43 @@ def record_grant(
         actor=actor or user,
     )
     return connection, created
+
+
+# revoked_by of a link the vault voided itself (its connection was reconnected or switched
+# off), told apart from an admin's e-mail on the link's page and in lists.
+LINK_VOIDED_BY = "vault"
+
+
+def void_reconnect_links(connection: Connection, now: datetime, why: str) -> int:
+    """Revoke ``connection``'s open reconnect links, audited; not committed.
+
+    A reconnect link is for one breakage: once the connection is active again by other
+    means, or switched off, it must not come back to life when the connection breaks
+    again (docs/security.md). The link a reconnect is made through is consumed first and
+    so is not counted. Returns how many were revoked.
+    """
+    open_links = (
+        AccessLink.connection_id == connection.id,
+        AccessLink.kind == LinkKind.RECONNECT.value,
+        AccessLink.used_at.is_(None),
+        AccessLink.revoked_at.is_(None),
+        AccessLink.expires_at > now,
+    )
+    ids = db.session.scalars(select(AccessLink.id).where(*open_links)).all()
+    if not ids:
+        return 0
+    db.session.execute(
+        update(AccessLink).where(AccessLink.id.in_(ids), *open_links)
+        .values(revoked_at=now, revoked_by=LINK_VOIDED_BY)
+        .execution_options(synchronize_session="fetch")
+    )
+    account = connection.account_email or connection.account_subject
+    for link_id in ids:
+        audit.record(
+            "reconnect_link.revoked", target=f"{connection.provider}:{account}",
+            connection=connection, actor="system", detail=f"link #{link_id}: {why}",
+        )
+    return len(ids)
 
 
 def update_reconnect_by(
@@ -306,7 +354,9 @@ def disconnect(connection: Connection, provider: Provider | None, user: User) ->
     deleted = token_vault.delete(connection)
     connection.status = ConnectionStatus.DISCONNECTED.value
     connection.next_refresh_at = None
-    update_reconnect_by(connection, provider, utcnow())
+    now = utcnow()
+    update_reconnect_by(connection, provider, now)
+    void_reconnect_links(connection, now, "the connection was disconnected")
     audit.record(
         "connection.disconnected",
         target=f"{connection.provider}:{connection.account_email or connection.account_subject}",

@@ -7,7 +7,9 @@ e-mail is the one the admin named. Either is a bearer secret in a URL
 (``<VAULT_BASE_URL>/reconnect/<token>``), so: 256 random bits, only its SHA-256 hash stored
 (as service keys are, :func:`~vault.services.service_keys.hash_key`), usable once (consumed by
 a conditional UPDATE in the transaction that stores the tokens), expiring after
-``VAULT_RECONNECT_LINK_HOURS``, revocable, and audited without the token.
+``VAULT_RECONNECT_LINK_HOURS``, revocable, and audited without the token. A reconnect link
+dies when its connection is reconnected by other means or disconnected
+(:func:`~vault.services.connections.void_reconnect_links`).
 
 Services never commit: the caller's transaction saves the link with whatever caused it.
 """
@@ -28,7 +30,7 @@ from vault.extensions import db
 from vault.models import AccessLink, Connection, ConnectionStatus, LinkKind, User
 from vault.providers.registry import Provider
 from vault.services.accounts import AccountError, checked_email
-from vault.services.connections import Account, record_grant
+from vault.services.connections import LINK_VOIDED_BY, Account, record_grant
 from vault.services.service_keys import hash_key
 
 # Where links point; the blueprint in vault/web/reconnect.py serves this path.
@@ -147,6 +149,9 @@ def unusable_reason(link: AccessLink, now: datetime) -> str | None:
     """Why ``link`` cannot be used (for its page and for the admin's list), or None."""
     if link.used_at is not None:
         return "This link was already used. Each link works once; ask for a new one if needed."
+    if link.revoked_at is not None and link.revoked_by == LINK_VOIDED_BY:
+        return ("This account was reconnected or switched off since this link was made; "
+                "ask whoever sent it for a new one if it is needed again.")
     if link.revoked_at is not None:
         return "This link was withdrawn. Ask whoever sent it for a new one."
     if link.expires_at <= now:
