@@ -213,7 +213,8 @@ def test_the_worker_job_checks_what_is_due_once(check_app, db, checks):
 def test_the_job_reports_a_failure_of_the_vault_itself(check_app, db, checks):
     connection_id = make_api_key_connection("partner", "line 1", PARTNER_KEY)
     token = token_vault.token(load(connection_id), TokenKind.API_KEY)
-    token.ciphertext = bytes(token.ciphertext[:-1]) + b"\x00"  # tampered
+    # Tampered: the last byte flipped (setting it to a constant was a no-op 1 time in 256).
+    token.ciphertext = bytes(token.ciphertext[:-1]) + bytes([token.ciphertext[-1] ^ 0x01])
     db.session.commit()
     assert check_due_credentials(utcnow()) is False
     assert load(connection_id).check_result == "failed"
