@@ -165,6 +165,24 @@ def oidc_provider_settings() -> ProviderSettings:
 
 
 @pytest.fixture
+def idp_providers_file(providers_file, node_oidc_provider):
+    """The providers file with ``idp``: the real provider as an OIDC provider, asking for
+    consent and offline access, as the Connect and reconnect-link tests use it."""
+    providers_file.write_text(f"""
+[idp]
+title = "Certified IdP"
+type = "oidc"
+server_metadata_url = "{node_oidc_provider.discovery_url}"
+client_id = "{node_oidc_provider.client_id}"
+client_secret = "{node_oidc_provider.client_secret}"
+scope = "openid email profile offline_access"
+authorize_params = {{ prompt = "consent" }}
+offline_access = true
+""")
+    return providers_file
+
+
+@pytest.fixture
 def node_oidc_provider(app_port, oidc_provider_settings):
     """The real OIDC provider, with this app registered as its client."""
     if shutil.which("node") is None:

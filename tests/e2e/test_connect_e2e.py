@@ -20,18 +20,7 @@ ADMIN, PASSWORD = "admin@example.com", "e2e-admin-password-123"
 
 
 @pytest.fixture
-def app_config(app_config, providers_file, node_oidc_provider):
-    providers_file.write_text(f"""
-[idp]
-title = "Certified IdP"
-type = "oidc"
-server_metadata_url = "{node_oidc_provider.discovery_url}"
-client_id = "{node_oidc_provider.client_id}"
-client_secret = "{node_oidc_provider.client_secret}"
-scope = "openid email profile offline_access"
-authorize_params = {{ prompt = "consent" }}
-offline_access = true
-""")
+def app_config(app_config, idp_providers_file):
     return app_config
 
 
