@@ -181,6 +181,10 @@ class Connection(TimestampMixin, Base):
     check_message: Mapped[str | None] = mapped_column(Text)
     check_failure_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_check_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Who answers for this connection (a staff user's or anyone's e-mail, lower-cased; the
+    # person who connected it by default) and what it is for, in a sentence.
+    owner_email: Mapped[str | None] = mapped_column(String(320), index=True)
+    purpose: Mapped[str | None] = mapped_column(String(500))
 
     created_by: Mapped[User | None] = relationship()
     tokens: Mapped[list[Token]] = relationship(
@@ -193,6 +197,40 @@ class Connection(TimestampMixin, Base):
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.provider}:{self.account_subject} {self.status}>"
+
+
+class ConnectionTag(Base):
+    """One short label on one connection (``billing``, ``calendar``); service keys can be
+    restricted to tags."""
+
+    __tablename__ = "connection_tags"
+    # Listing a tag's connections (the filter, a tag-restricted key) reads this index alone.
+    __table_args__ = (Index(None, "tag", "connection_id"),)
+
+    connection_id: Mapped[int] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class ConnectionConsumer(Base):
+    """A service key that fetched a connection's access token, and when it last did.
+
+    Kept up to date by the token API (at most once a minute per key and connection), so a
+    connection's page and a key's page never scan the audit table to list consumers.
+    """
+
+    __tablename__ = "connection_consumers"
+    __table_args__ = (Index(None, "service_key_id", "last_fetched_at"),)
+
+    connection_id: Mapped[int] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    service_key_id: Mapped[int] = mapped_column(
+        ForeignKey("service_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    first_fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Token(Base):
@@ -235,9 +273,21 @@ class ServiceKey(Base):
     key_prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     allowed_providers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Empty: every connection of the allowed providers; else only connections carrying at
+    # least one of these tags.
+    allowed_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(320))
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # The key stops working at this moment (None: never).
+    expires_at: Mapped[datetime | None]
+    # Rotation keeps the key (name, restrictions, consumers) and replaces its secret; the
+    # previous secret keeps working until previous_key_expires_at (the overlap).
+    rotated_at: Mapped[datetime | None]
+    previous_key_prefix: Mapped[str | None] = mapped_column(String(16))
+    previous_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    previous_key_expires_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"<ServiceKey {self.id} {self.name}>"
