@@ -10,20 +10,24 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, exists, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from vault import audit
 from vault.extensions import db
-from vault.models import ServiceKey, utcnow
+from vault.models import Connection, ConnectionConsumer, ConnectionTag, ServiceKey, utcnow
 from vault.services import throttle
 
 KEY_PREFIX = "tvk_"
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 # last_used_at is a hint for operators, not an audit record: writing it on every request
-# would add a row update to each token hand-out, so it moves at most once a minute.
+# would add a row update to each token hand-out, so it moves at most once a minute. The same
+# holds for a consumer's last fetch (connection_consumers).
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 # What a key's public prefix may look like: anything else presented is not shown in the audit.
 _PUBLIC_PREFIX = re.compile(
@@ -42,10 +46,23 @@ class AuthenticatedKey:
     id: int
     name: str
     allowed_providers: tuple[str, ...]
+    allowed_tags: tuple[str, ...] = ()
 
     def allows(self, provider: str) -> bool:
-        """True when this key may read connections of ``provider`` (empty list: all)."""
+        """True when this key may read connections of ``provider`` (empty list: all).
+
+        The provider half of :meth:`may_read` only: a tag-restricted key still needs
+        :meth:`may_read` for any particular connection.
+        """
         return not self.allowed_providers or provider in self.allowed_providers
+
+    def may_read(self) -> ColumnElement[bool]:
+        """SQL condition on ``connections``: the rows this key may list and fetch.
+
+        The one place a key's restrictions are decided: its providers (empty: all) and its
+        tags (empty: any; else the connection carries at least one of them).
+        """
+        return readable_by(self.allowed_providers, self.allowed_tags)
 
     @property
     def actor(self) -> str:
@@ -106,8 +123,43 @@ def revoke_key(name: str, *, actor: str = "cli") -> ServiceKey:
     return row
 
 
+def readable_by(providers: Sequence[str], tags: Sequence[str]) -> ColumnElement[bool]:
+    """SQL condition on ``connections`` for a key restricted to ``providers`` and ``tags``."""
+    conditions: list[ColumnElement[bool]] = []
+    if providers:
+        conditions.append(Connection.provider.in_(list(providers)))
+    if tags:
+        conditions.append(
+            exists().where(
+                ConnectionTag.connection_id == Connection.id, ConnectionTag.tag.in_(list(tags))
+            )
+        )
+    return and_(true(), *conditions)
+
+
+def live_key_matches(key_hash: str, now: datetime) -> ColumnElement[bool]:
+    """SQL condition on ``service_keys``: the key whose secret hashes to ``key_hash`` and works
+    at ``now``.
+
+    A key works when it is not revoked and not past its expiry; after a rotation its previous
+    secret works too, until the overlap ends. The one place this is decided.
+    """
+    not_expired = or_(ServiceKey.expires_at.is_(None), ServiceKey.expires_at > now)
+    return and_(
+        ServiceKey.revoked_at.is_(None),
+        not_expired,
+        or_(
+            ServiceKey.key_hash == key_hash,
+            and_(
+                ServiceKey.previous_key_hash == key_hash,
+                ServiceKey.previous_key_expires_at > now,
+            ),
+        ),
+    )
+
+
 def authenticate(presented: str | None) -> AuthenticatedKey | None:
-    """The live key matching ``presented``, or None (unknown, malformed or revoked).
+    """The live key matching ``presented``, or None (unknown, malformed, revoked or expired).
 
     The lookup is by hash, so the time it takes says nothing about any stored key. Commits
     (at most once a minute per key) when it moves the key's ``last_used_at`` on.
@@ -116,13 +168,32 @@ def authenticate(presented: str | None) -> AuthenticatedKey | None:
         return None
     row = db.session.execute(
         select(
-            ServiceKey.id, ServiceKey.name, ServiceKey.allowed_providers, ServiceKey.last_used_at
-        ).where(ServiceKey.key_hash == hash_key(presented), ServiceKey.revoked_at.is_(None))
+            ServiceKey.id, ServiceKey.name, ServiceKey.allowed_providers,
+            ServiceKey.allowed_tags, ServiceKey.last_used_at,
+        ).where(live_key_matches(hash_key(presented), utcnow()))
     ).one_or_none()
     if row is None:
         return None
     _touch(row.id, row.last_used_at)
-    return AuthenticatedKey(row.id, row.name, tuple(row.allowed_providers or ()))
+    return AuthenticatedKey(
+        row.id, row.name, tuple(row.allowed_providers or ()), tuple(row.allowed_tags or ())
+    )
+
+
+def record_consumer(key_id: int, connection_id: int) -> None:
+    """Note that key ``key_id`` fetched ``connection_id``'s token now (one statement).
+
+    Creates the key's consumer row on its first fetch; afterwards moves ``last_fetched_at``
+    only when it is older than :data:`LAST_USED_RESOLUTION`, so a key polling a connection
+    writes at most once a minute. Not committed: it rides on the hand-out's audit row.
+    """
+    now = utcnow()
+    connection = db.session.connection()
+    connection.execute(
+        _CONSUMER_SEEN[connection.dialect.name],
+        {"connection_id": connection_id, "service_key_id": key_id, "first_fetched_at": now,
+         "last_fetched_at": now, "stale_before": now - LAST_USED_RESOLUTION},
+    )
 
 
 def refuse(presented: str | None, address: str | None) -> throttle.Reservation:
@@ -175,3 +246,21 @@ def _touch(key_id: int, last_used_at: datetime | None) -> None:
         return
     db.session.execute(update(ServiceKey).where(ServiceKey.id == key_id).values(last_used_at=now))
     db.session.commit()
+
+
+def _consumer_upsert(
+    insert: postgresql.Insert | sqlite.Insert,
+) -> postgresql.Insert | sqlite.Insert:
+    # ON CONFLICT ... DO UPDATE ... WHERE: an existing row moves only once a minute.
+    return insert.on_conflict_do_update(
+        index_elements=["connection_id", "service_key_id"],
+        set_={"last_fetched_at": insert.excluded.last_fetched_at},
+        where=_CONSUMERS.c.last_fetched_at < bindparam("stale_before"),
+    )
+
+
+_CONSUMERS = cast(Table, ConnectionConsumer.__table__)
+_CONSUMER_SEEN = {
+    backend.dialect.name: _consumer_upsert(backend.insert(_CONSUMERS))
+    for backend in (postgresql, sqlite)
+}

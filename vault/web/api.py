@@ -118,6 +118,7 @@ def list_connections() -> Response:
             access,
             and_(access.c.connection_id == Connection.id, access.c.kind == TokenKind.ACCESS.value),
         )
+        .where(key.may_read())
         .order_by(Connection.id)
     )
     provider = request.args.get("provider")
@@ -127,8 +128,6 @@ def list_connections() -> Response:
         if not key.allows(provider):
             return _error(403, "forbidden", "this key may not read that provider's connections")
         statement = statement.where(Connection.provider == provider)
-    elif key.allowed_providers:
-        statement = statement.where(Connection.provider.in_(key.allowed_providers))
     rows = db.session.execute(statement).all()
     return jsonify(connections=[_connection_json(c, expires_at) for c, expires_at in rows])
 
@@ -140,7 +139,7 @@ def access_token(connection_id: int):
     row = token_vault.read_access_token_row(connection_id)  # ids in range: IdConverter
     # A connection of a provider this key may not read is answered exactly like a missing
     # one: the key learns nothing about what else the vault holds.
-    if row is None or not key.allows(row.provider):
+    if row is None or not key.allows(row.provider) or not _tags_allow(key, connection_id):
         return _error(404, "not_found", "no such connection")
     if current_app.extensions["providers"].get(row.provider) is None:
         # Removed from the providers file: nobody can reconnect or refresh it here any more,
@@ -165,11 +164,20 @@ def access_token(connection_id: int):
     # Committed (by itself, or with the refresh path's transaction) before the token
     # leaves: no hand-out goes unaudited.
     audit.handed_out(target=row.provider, connection_id=connection_id, actor=key.actor)
+    service_keys.record_consumer(key.id, connection_id)
     db.session.commit()
     metrics.count_handout(key.name)  # in this process's memory: no database statement
     return jsonify(
         access_token=token.value, token_type=token.token_type, expires_at=_iso(token.expires_at)
     )
+
+
+def _tags_allow(key: service_keys.AuthenticatedKey, connection_id: int) -> bool:
+    # Only a tag-restricted key pays for this second lookup.
+    if not key.allowed_tags:
+        return True
+    readable = select(Connection.id).where(Connection.id == connection_id, key.may_read())
+    return db.session.scalar(readable) is not None
 
 
 def _refreshed_token(connection_id: int) -> AccessToken:
