@@ -275,6 +275,7 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         raise fail(f"grant_type: must be one of {', '.join(GRANT_TYPES)}")
     if grant_type == CLIENT_CREDENTIALS and provider_type not in OAUTH_TYPES:
         raise fail("grant_type: client_credentials is for OAuth providers (type oauth2 or oidc)")
+    _check_flow(merged, provider_type, grant_type, fail)
     if provider_type in OAUTH_TYPES:
         for required in ("client_id", "client_secret"):
             if not merged.get(required):
@@ -305,7 +306,6 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
     if merged.get("staff_login") and not merged["allowed_domains"]:
         raise fail("allowed_domains: staff_login needs at least one allowed e-mail domain")
     check_limit_keys(merged, provider_type, OAUTH_TYPES, fail)
-    _check_flow(merged, provider_type, grant_type, fail)
     return Provider(key=key, **merged)
 
 
