@@ -352,3 +352,26 @@ def test_ended_grants_are_pruned_a_day_after_their_code_expired(app, db, admin_c
     db.session.commit()
     assert prune_device_grants(utcnow()) == 1
     assert db.session.scalars(select(DeviceGrant)).all() == []
+
+
+def test_a_device_flow_connection_gets_no_reconnect_link(app, db, admin_client, device_stub):
+    from vault.services.reconnect_links import LinkError, issue_reconnect_link
+
+    page = connect(admin_client)
+    device_stub.script("approve")
+    make_due(db)
+    assert poll(admin_client, page).get_json()["status"] == "approved"
+    connection = db.session.scalars(select(Connection)).one()
+    connection.status = "needs_reconnect"
+    db.session.commit()
+    with pytest.raises(LinkError):
+        issue_reconnect_link(connection, created_by="admin@example.com", now=utcnow())
+    assert 'value="tv"' not in admin_client.get("/links").get_data(as_text=True)
+    # Connect again is how it is reconnected: a new code, the same connection.
+    page = connect(admin_client)
+    device_stub.script("approve")
+    make_due(db)
+    assert poll(admin_client, page).get_json()["status"] == "approved"
+    db.session.expire_all()
+    assert db.session.scalars(select(Connection)).one().status == "active"
+    assert actions(db)[-2:] == ["connection.reconnected", "device_grant.approved"]
