@@ -21,6 +21,7 @@ then the outcome (tokens through ``record_grant``, the grant's status, the audit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -45,7 +46,7 @@ PENDING = DeviceGrantStatus.PENDING.value
 # Ended grants stay this long after their code's expiry (their page still says how they
 # ended), then are deleted.
 KEEP_ENDED = timedelta(days=1)
-# A grant's poll that the worker takes on per cycle, at most (each is one provider request).
+# At most this many grants are polled per worker cycle (each poll is one provider request).
 WORKER_BATCH = 50
 
 
@@ -251,7 +252,9 @@ def _ended(grant: DeviceGrant, status: DeviceGrantStatus, now: datetime, why: st
     return result.rowcount == 1
 
 
-def advance_due_device_grants(now: datetime, *, stop=lambda: False) -> tuple[int, int]:
+def advance_due_device_grants(
+    now: datetime, *, stop: Callable[[], bool] = lambda: False
+) -> tuple[int, int]:
     """The worker's job: poll every due pending grant (each claimed), then prune ended ones.
 
     Returns (grants polled or ended, grants pruned).
