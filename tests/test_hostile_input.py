@@ -161,6 +161,7 @@ def _valid_path(rule, ids: dict[str, int]) -> str:
         "filename": "css/app.css",
         "token": "A" * 43,  # a reconnect link's token that matches no link
         "link_id": "1",
+        "grant_id": "1",  # a device grant (issue 16) that does not exist
     }
     return PARAMETER.sub(lambda match: values[match[1]], rule.rule)
 

@@ -627,3 +627,64 @@ class DeliveryAttempt(Base):
 
     def __repr__(self) -> str:
         return f"<DeliveryAttempt {self.id} {self.channel} ok={self.ok}>"
+
+
+# -- The device authorization grant (issue 16, RFC 8628) ---------------------------------------
+
+
+class DeviceGrantStatus(str, enum.Enum):
+    PENDING = "pending"  # the person has not answered yet; the vault polls the provider
+    APPROVED = "approved"  # tokens stored; ``connection_id`` names the connection
+    DENIED = "denied"  # the person refused (access_denied)
+    EXPIRED = "expired"  # the code ran out (expired_token) before anyone answered
+    FAILED = "failed"  # the provider refused the grant otherwise, or its answer was unusable
+
+
+def device_grant_aad(grant_id: int) -> bytes:
+    """Associated data binding a pending device grant's codes to its row."""
+    return f"device-grant:{grant_id}".encode()
+
+
+class DeviceGrant(Base):
+    """A device authorization grant in progress (RFC 8628) and how it ended.
+
+    ``ciphertext`` holds the device code, the user code and the complete verification URL,
+    encrypted (AAD ``device-grant:<id>``), and is cleared once the grant ends. Polls are
+    claimed with a conditional UPDATE on ``next_poll_at`` (vault/services/device_grants.py),
+    so no two instances poll the same grant at once or faster than ``interval_seconds``.
+    """
+
+    __tablename__ = "device_grants"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", DeviceGrantStatus), name="status"),
+        Index(None, "status", "next_poll_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=DeviceGrantStatus.PENDING.value)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    key_id: Mapped[str | None] = mapped_column(String(8), index=True)
+    verification_uri: Mapped[str] = mapped_column(String(2048))
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    next_poll_at: Mapped[datetime]
+    polls: Mapped[int] = mapped_column(Integer, default=0)
+    last_polled_at: Mapped[datetime | None]
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    connection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("connections.id", ondelete="SET NULL")
+    )
+    # Why it ended, in words safe to show (never a code or token).
+    message: Mapped[str | None] = mapped_column(Text)
+
+    def aad(self) -> bytes:
+        """Associated data of this row's ciphertext."""
+        return device_grant_aad(self.id)
+
+    def __repr__(self) -> str:  # never the codes
+        return f"<DeviceGrant {self.id} {self.provider} {self.status}>"

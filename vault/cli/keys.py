@@ -10,6 +10,12 @@ from sqlalchemy import func, select
 
 from vault.extensions import db
 from vault.models import Token
+from vault.tokens.device_grants import (
+    count_device_grant_values,
+    count_outdated_device_grants,
+    rotate_device_grants,
+    verify_device_grants,
+)
 from vault.tokens.rotation import DEFAULT_BATCH_SIZE, count_outdated, rotate, verify
 from vault.tokens.store import token_vault
 
@@ -26,15 +32,23 @@ def rotate_key_command(batch_size: int) -> None:
     """
     outdated = count_outdated()
     current = token_vault.cipher.current_key_id
-    if outdated == 0:
+    if outdated == 0 and count_outdated_device_grants() == 0:
         click.echo(f"Every stored value is already under key {current}.")
         return
+    # Pending device grants' codes (vault/tokens/device_grants.py): few, so one pass.
+    pending = rotate_device_grants()
+    if pending.reencrypted or pending.undecryptable:
+        click.echo(f"Re-encrypted {pending.reencrypted} pending device grant(s) under key "
+                   f"{current}.")
+    for grant_id in pending.undecryptable:
+        click.echo(f"undecryptable: device grant {grant_id}", err=True)
     with click.progressbar(length=outdated, label=f"Re-encrypting under key {current}",
                            file=sys.stderr) as bar:
         result = rotate(batch_size=batch_size, progress=bar.update)
     click.echo(f"Re-encrypted {result.reencrypted} value(s) under key {current}.")
-    if result.undecryptable:
-        click.echo(f"{len(result.undecryptable)} value(s) could not be decrypted and were left "
+    if result.undecryptable or pending.undecryptable:
+        broken = len(result.undecryptable) + len(pending.undecryptable)
+        click.echo(f"{broken} value(s) could not be decrypted and were left "
                    "as they are; run `vault verify` for the list.", err=True)
         sys.exit(1)
 
@@ -52,9 +66,16 @@ def verify_command() -> None:
     for failure in failures:
         click.echo(f"undecryptable: connection {failure.connection_id} {failure.kind} "
                    f"(token {failure.token_id}, key id {failure.key_id})")
-    click.echo(f"Checked {total} value(s): {total - len(failures)} decrypt, "
-               f"{len(failures)} undecryptable.")
-    if failures:
+    # Pending device grants' codes, after the tokens (vault/tokens/device_grants.py).
+    total += count_device_grant_values()
+    broken = len(failures)
+    for grant_id in verify_device_grants():
+        if grant_id is not None:
+            broken += 1
+            click.echo(f"undecryptable: device grant {grant_id}")
+    click.echo(f"Checked {total} value(s): {total - broken} decrypt, "
+               f"{broken} undecryptable.")
+    if broken:
         sys.exit(1)
 
 

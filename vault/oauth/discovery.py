@@ -37,6 +37,7 @@ def server_metadata(provider: Provider) -> dict[str, Any]:
         "token_endpoint": provider.token_url,
         "userinfo_endpoint": provider.userinfo_url,
         "revocation_endpoint": provider.revocation_endpoint,
+        "device_authorization_endpoint": provider.device_authorization_url,
     }
     metadata.update({name: url for name, url in explicit.items() if url})
     return metadata

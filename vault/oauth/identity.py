@@ -242,3 +242,37 @@ def discard_state(client: ProviderClient) -> None:
     state = request.args.get("state")
     if state:
         client.framework.clear_state_data(session, state)
+
+
+def identity_of_token_answer(client: ProviderClient, token: dict[str, Any]) -> dict[str, Any]:
+    """The identity step for a token answer that came without a browser redirect (the device
+    grant): the id_token verified (signature against the provider's keys, ``iss``, ``aud``,
+    expiry; no nonce was sent, so none is expected) and completed from userinfo, exactly as
+    :func:`complete` does for a callback. Raises :class:`IdentityError`.
+    """
+    provider = client.provider
+    try:
+        issuer = server_metadata(provider).get("issuer")
+        if provider.type == "oidc" and not issuer:
+            raise IdentityError(f"{provider.title}'s discovery document names no issuer.", 502)
+        answer = dict(token)
+        if answer.get("id_token"):
+            answer["userinfo"] = client.parse_id_token(
+                answer, nonce=None, claims_options=_claims_options(client, issuer)
+            )
+        return _identity_claims(client, answer)
+    except ProviderFailure as error:
+        raise IdentityError(f"{provider.title} could not complete the request: {error}.",
+                            502) from None
+    except requests.RequestException as error:
+        raise IdentityError(f"{provider.title} could not be reached ({type(error).__name__}).",
+                            502) from None
+    except RuntimeError as error:
+        current_app.logger.warning("%s: %s", provider.key, error)
+        raise IdentityError(f"{provider.title}'s metadata lacks what is needed to verify its "
+                            "answer (no signing keys); check the providers file.", 502) from None
+    except _UNVERIFIABLE as error:
+        current_app.logger.warning("%s: the answer failed verification: %s",
+                                   provider.key, type(error).__name__)
+        raise IdentityError(f"{provider.title}'s answer could not be verified "
+                            f"({type(error).__name__}).") from None

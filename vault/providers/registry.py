@@ -129,13 +129,19 @@ _ALLOWED_KEYS = {
     "refresh_token_idle_days", "publishing_status", "client_secret_expires_at", "check_url",
     "check_auth",
 }
+# The device authorization grant (RFC 8628, vault/oauth/device.py).
+_ALLOWED_KEYS |= {"flow", "device_authorization_url"}
 _URL_KEYS = (
     "server_metadata_url", "authorize_url", "token_url", "userinfo_url", "revocation_endpoint",
-    "check_url",
+    "check_url", "device_authorization_url",
 )
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 AUTHORIZATION_CODE, CLIENT_CREDENTIALS = "authorization_code", "client_credentials"
 GRANT_TYPES = (AUTHORIZATION_CODE, CLIENT_CREDENTIALS)
+# How a person grants access at Connect: sent to the provider in this browser ("redirect"),
+# or given a code to enter on any device (RFC 8628, "device").
+REDIRECT_FLOW, DEVICE_FLOW = "redirect", "device"
+FLOWS = (REDIRECT_FLOW, DEVICE_FLOW)
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,11 @@ class Provider:
     # how the key is sent: "bearer", "header:NAME" or "query:NAME".
     check_url: str | None = None
     check_auth: str = "bearer"
+    # The device authorization grant: Connect shows a code to enter at the provider, and the
+    # vault polls its token endpoint (vault/services/device_grants.py). The endpoint comes
+    # from discovery (``device_authorization_endpoint``) unless set here.
+    flow: str = REDIRECT_FLOW
+    device_authorization_url: str | None = None
 
     @property
     def is_oauth(self) -> bool:
@@ -185,6 +196,10 @@ class Provider:
     @property
     def uses_client_credentials(self) -> bool:
         return self.grant_type == CLIENT_CREDENTIALS
+
+    @property
+    def uses_device_flow(self) -> bool:
+        return self.flow == DEVICE_FLOW
 
 
 class ProviderRegistry:
@@ -260,6 +275,7 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         raise fail(f"grant_type: must be one of {', '.join(GRANT_TYPES)}")
     if grant_type == CLIENT_CREDENTIALS and provider_type not in OAUTH_TYPES:
         raise fail("grant_type: client_credentials is for OAuth providers (type oauth2 or oidc)")
+    _check_flow(merged, provider_type, grant_type, fail)
     if provider_type in OAUTH_TYPES:
         for required in ("client_id", "client_secret"):
             if not merged.get(required):
@@ -271,6 +287,8 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
             needed = ("token_url",) if grant_type == CLIENT_CREDENTIALS else (
                 "authorize_url", "token_url"
             )
+            if merged.get("flow") == DEVICE_FLOW:
+                needed = ("token_url",)  # the person enters a code: no authorization URL
             for required in needed:
                 if not merged.get(required):
                     raise fail(f"{required}: missing; plain OAuth 2.0 providers need it")
@@ -289,6 +307,29 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         raise fail("allowed_domains: staff_login needs at least one allowed e-mail domain")
     check_limit_keys(merged, provider_type, OAUTH_TYPES, fail)
     return Provider(key=key, **merged)
+
+
+def _check_flow(merged: dict[str, Any], provider_type: str, grant_type: str, fail) -> None:
+    """``flow = "device"``: an OAuth provider a person consents to with a code (RFC 8628).
+
+    Its device authorization endpoint is explicit or, for OpenID Connect, read from discovery
+    at Connect (checked there: no network at start-up).
+    """
+    flow = merged.get("flow", REDIRECT_FLOW)
+    if flow not in FLOWS:
+        raise fail(f"flow: must be one of {', '.join(FLOWS)}")
+    if flow != DEVICE_FLOW:
+        if merged.get("device_authorization_url"):
+            raise fail('device_authorization_url: only for flow = "device"')
+        return
+    if provider_type not in OAUTH_TYPES or grant_type != AUTHORIZATION_CODE:
+        raise fail('flow: "device" is for OAuth providers a person consents to '
+                   "(type oauth2 or oidc, no client_credentials grant)")
+    if merged.get("staff_login"):
+        raise fail('staff_login: staff sign in through the browser flow, not flow = "device"')
+    if provider_type == "oauth2" and not merged.get("device_authorization_url"):
+        raise fail("device_authorization_url: missing; plain OAuth 2.0 providers with "
+                   'flow = "device" need it (OIDC ones may read it from discovery)')
 
 
 def _interpolate(value: Any, environ: Mapping[str, str], fail) -> Any:

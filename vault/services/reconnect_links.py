@@ -328,6 +328,8 @@ def _browser_provider(key: str) -> Provider | None:
     provider = current_app.extensions["providers"].get(key)
     if provider is None or not provider.is_oauth or provider.uses_client_credentials:
         return None
+    if provider.uses_device_flow:
+        return None  # its person enters a code at the provider: no redirect to send them on
     return provider
 
 

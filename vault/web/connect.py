@@ -37,7 +37,7 @@ from vault.services.connections import (
     record_grant,
 )
 from vault.tokens.store import token_vault
-from vault.web import reconnect
+from vault.web import device, reconnect
 from vault.web.security import admin_required
 
 bp = Blueprint("connect", __name__)
@@ -65,6 +65,8 @@ def start(provider_key: str):
         return redirect(url_for("connect.add_credentials_form", provider_key=provider.key))
     if provider.uses_client_credentials:
         return _connect_client(provider)
+    if provider.uses_device_flow:
+        return device.start(provider)  # a code to enter at the provider (RFC 8628)
     callback_uri = redirect_uri("connect.callback", provider_key=provider.key)
     try:
         return identity.start(connect_client(provider), callback_uri)
@@ -76,7 +78,7 @@ def start(provider_key: str):
 def callback(provider_key: str):
     """Finish the flow: check the answer and the account, then store the tokens."""
     provider = _provider_or_404(provider_key)
-    if not provider.is_oauth or provider.uses_client_credentials:
+    if not provider.is_oauth or provider.uses_client_credentials or provider.uses_device_flow:
         abort(404)  # no authorization request was ever sent for these
     client = connect_client(provider)
     link_id = reconnect.link_of_flow(client)

@@ -207,6 +207,7 @@ def links():
     form.provider.choices = [
         (provider.key, provider.title) for provider in current_app.extensions["providers"]
         if provider.is_oauth and not provider.uses_client_credentials
+        and not provider.uses_device_flow  # no redirect flow for a link to start
     ]
     if request.method == "GET" and request.args.get("provider"):
         form.provider.data = request.args["provider"]  # from a provider's "Connect link"

@@ -28,6 +28,7 @@ from vault.services.audit_chain import seal_audit_chain
 from vault.services.audit_retention import apply_audit_retention
 from vault.services.checks import check_due_credentials
 from vault.services.connections import recompute_reconnect_by
+from vault.services.device_grants import advance_due_device_grants
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ def recompute_limits_job(now: datetime) -> bool:
     return True
 
 
+def device_grants_job(now: datetime) -> bool:
+    """Poll the provider for every pending device grant that is due (each claimed by its
+    row, so every worker may run it), so a grant completes with its page closed; prune."""
+    polled, pruned = advance_due_device_grants(now, stop=_stop_check.get())
+    note(f"device grants: {polled} polled, {pruned} pruned")
+    return True
+
+
 def default_jobs() -> list[Job]:
     """The jobs of every worker cycle, in order.
 
@@ -120,6 +129,7 @@ def default_jobs() -> list[Job]:
         Job("refresh-due", refresh_due_job),
         Job("recompute-limits", recompute_limits_job, every=timedelta(days=1)),
         Job("check-credentials", check_credentials_job),
+        Job("device-grants", device_grants_job),
         Job("alerts", alerts_job),
         Job("prune-alerts", prune_alerts_job, every=timedelta(days=1)),
         # Audit rows are sealed into the HMAC chain within a minute of being written, and

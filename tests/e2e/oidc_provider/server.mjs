@@ -79,6 +79,19 @@ const configuration = {
   cookies: { keys: ['token-vault-e2e-cookie-key-not-a-secret'] },
 };
 
+// The device authorization grant (RFC 8628, tests/e2e/test_device_grant_e2e.py): the
+// /device/auth endpoint, the /device page where a person enters the user code, and a second
+// client, CLIENT_ID + "-device" with the same secret, allowed the device-code grant.
+configuration.features.deviceFlow = { enabled: true };
+configuration.clients.push({
+  client_id: `${process.env.CLIENT_ID}-device`,
+  client_secret: process.env.CLIENT_SECRET,
+  grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+  response_types: [],
+  redirect_uris: [],
+  token_endpoint_auth_method: 'client_secret_basic',
+});
+
 const provider = new Provider(issuer, configuration);
 provider.use(async (ctx, next) => {
   await next();
