@@ -171,6 +171,9 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(reconnect.bp)
     app.register_blueprint(alerts.bp)
     app.register_blueprint(metrics.bp)
+    from vault.web import people
+
+    app.register_blueprint(people.bp)
     init_filters(app)
 
 
