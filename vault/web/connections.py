@@ -8,7 +8,6 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import EmailField, StringField, SubmitField
-from wtforms.validators import Length
 
 from vault.crypto import DecryptionError
 from vault.extensions import db, limiter
@@ -44,12 +43,10 @@ class ConfirmForm(FlaskForm):
 class DetailsForm(FlaskForm):
     """Owner, purpose and tags (checked by :mod:`vault.services.ownership`)."""
 
-    owner = EmailField("Owner", validators=[Length(max=320)],
+    owner = EmailField("Owner",
                        description="Who answers for it: a staff member's or anyone's e-mail.")
-    purpose = StringField("Purpose", validators=[Length(max=ownership.MAX_PURPOSE)],
-                          description="What it is for, in a sentence.")
-    tags = StringField("Tags", validators=[Length(max=400)],
-                       description="A few short labels, separated by commas or spaces "
+    purpose = StringField("Purpose", description="What it is for, in a sentence.")
+    tags = StringField("Tags", description="A few short labels, separated by commas or spaces "
                                    "(a-z, 0-9, - and _).")
     submit = SubmitField("Save details")
 
