@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import func, select
 
+from tests.support.alert_fixtures import SMTP_PASSWORD
 from tests.support.builders import csrf_token, login, make_user
 from tests.support.connect_flow import begin, finish
 from tests.support.oidc_stub import ACCOUNT, OIDCStub
@@ -40,7 +41,7 @@ def stub():
 
 
 @pytest.fixture
-def app_config(app_config, providers_file, stub):
+def app_config(app_config, providers_file, stub, request):
     providers_file.write_text(
         "[stub]\n"
         'title = "Stub IdP"\ntype = "oidc"\n'
@@ -50,7 +51,11 @@ def app_config(app_config, providers_file, stub):
         '\n[voicenter]\npreset = "voicenter"\n',
         encoding="utf-8",
     )
-    return {**app_config, "VAULT_BASE_URL": "http://localhost"}
+    config = {**app_config, "VAULT_BASE_URL": "http://localhost"}
+    if "smtp" in request.fixturenames:  # alert e-mail configured: links are e-mailed too
+        config |= {"VAULT_SMTP_URL": request.getfixturevalue("smtp").url,
+                   "VAULT_MAIL_FROM": "vault@example.com", "VAULT_ALERT_EMAILS": "ops@example.com"}
+    return config
 
 
 @pytest.fixture
@@ -334,3 +339,37 @@ def test_a_disconnect_without_its_csrf_token_does_nothing(estate, admin_client, 
     assert admin_client.post(path, data={}).status_code == 400
     assert db.session.get(Connection, estate["calendar"]).status == "active"
     assert stub.revocations == []
+
+
+def test_with_alert_email_the_link_is_emailed_to_its_recipient(estate, admin_client, smtp):
+    base = f"/people/{LEAVER}"
+    response = post(admin_client, f"{base}/connections/{estate['billing']}/reconnect-link",
+                    {"recipient": "heir@example.com"}, token_from=base)
+    assert response.status_code == 201
+    shown = response.get_data(as_text=True)
+    assert "E-mailed to heir@example.com." in shown
+    url = re.search(r'value="(http://localhost/reconnect/[^"]+)"', shown).group(1)
+    [mail] = smtp.messages
+    assert mail["To"] == "heir@example.com"
+    assert "Please reconnect billing@example.com at Stub IdP" in mail["Subject"]
+    body = mail.get_body(("plain",)).get_content()
+    assert url in body and f"it was {LEAVER}'s" in body
+    [emailed] = audit_of("connection.reconnect_link_emailed")
+    assert emailed.outcome == "success" and emailed.detail == "to heir@example.com"
+    assert url.rsplit("/", 1)[1] not in str(
+        [(e.detail, e.target) for e in db.session.scalars(select(AuditEvent))])
+
+
+def test_a_mail_server_refusing_leaves_the_link_shown_and_says_so(estate, admin_client, smtp):
+    smtp.stop()  # the mail server is down
+    base = f"/people/{LEAVER}"
+    response = post(admin_client, f"{base}/connections/{estate['billing']}/reconnect-link",
+                    {"recipient": "heir@example.com"}, token_from=base)
+    assert response.status_code == 201
+    shown = response.get_data(as_text=True)
+    assert "Not e-mailed (SMTP 127.0.0.1:" in shown and "send it yourself" in shown
+    assert SMTP_PASSWORD not in shown
+    assert re.search(r'value="http://localhost/reconnect/[^"]+"', shown)
+    [emailed] = audit_of("connection.reconnect_link_emailed")
+    assert emailed.outcome == "failure"
+    assert db.session.scalar(select(func.count()).select_from(AccessLink)) == 1

@@ -16,6 +16,7 @@ from wtforms import EmailField, SubmitField
 from wtforms.validators import Length
 
 from vault import audit
+from vault.alerts import handover
 from vault.extensions import db
 from vault.models import Connection, User, utcnow
 from vault.queries.people import person
@@ -97,7 +98,8 @@ def transfer(email: str, connection_id: int):
 @bp.post("/<email>/connections/<int:connection_id>/reconnect-link")
 @admin_required
 def reconnect_link(email: str, connection_id: int):
-    """A reconnect link for someone else to use; its URL is shown this once."""
+    """A reconnect link for someone else to use: shown this once, and e-mailed to them when
+    alert e-mail is configured."""
     address = _address(email)
     connection = _theirs(address, connection_id)
     form = LinkForm()
@@ -117,10 +119,23 @@ def reconnect_link(email: str, connection_id: int):
                  connection=connection, actor=admin,
                  detail=f"for {recipient}, offboarding {address}")
     db.session.commit()
+    mailed = problem = None
+    if handover.can_email():
+        # After the commit: the link exists whatever the mail server does, and no
+        # transaction waits on it.
+        problem = handover.email_reconnect_link(connection, url, recipient,
+                                                asked_by=admin.email, leaver=address)
+        mailed = problem is None
+        audit.record("connection.reconnect_link_emailed", target=_target(connection),
+                     connection=connection, actor=admin,
+                     outcome="success" if mailed else "failure",
+                     detail=f"to {recipient}" + (f": {problem}" if problem else ""))
+        db.session.commit()
     return render_template(
         "reconnect/created.html", url=url, kind="reconnect",
         back=url_for("people.show", email=address),
         hours=current_app.config["VAULT_RECONNECT_LINK_HOURS"], recipient=recipient,
+        mailed=mailed, mail_problem=problem,
     ), 201
 
 
