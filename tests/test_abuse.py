@@ -68,7 +68,8 @@ def audited(action: str) -> list[AuditEvent]:
 def requests_of_every_route(app):
     """(method, path) for every route and method, with arguments that would be valid."""
     values = {"connection_id": "1", "provider_key": "acme", "key": "idp", "path": "x",
-              "filename": "css/app.css", "token": "A" * 43, "link_id": "1"}
+              "filename": "css/app.css", "token": "A" * 43, "link_id": "1",
+              "email": "someone@example.com"}
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: values[m[1]], rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Row, func, or_, select
+from sqlalchemy import Row, case, func, or_, select
 
 from vault.extensions import db
 from vault.models import Connection, ConnectionConsumer, ServiceKey, User
@@ -53,12 +53,8 @@ class Person:
     email: str
     user: User | None
     connections: list[PersonConnection]
-    total: int
-
-    @property
-    def owned(self) -> int:
-        """How many of the listed connections this person owns."""
-        return sum(item.owns for item in self.connections)
+    total: int  # connected or owned, listed or not
+    owned: int  # owned, listed or not
 
 
 def consumers_of(connection_ids: list[int]) -> dict[int, list[Consumer]]:
@@ -90,7 +86,11 @@ def person(email: str, now: datetime | None = None, limit: int = PERSON_LIMIT) -
     if user is not None:
         mine.append(Connection.created_by_id == user.id)
     source = health_source()
-    total = db.session.scalar(select(func.count(Connection.id)).where(or_(*mine))) or 0
+    total, owned = db.session.execute(
+        select(func.count(Connection.id),
+               func.count(case((Connection.owner_email == email, 1))))
+        .where(or_(*mine))
+    ).one()
     rows = list(db.session.execute(
         source.rows().add_columns(Connection.created_by_id).where(or_(*mine))
         .order_by(
@@ -119,5 +119,6 @@ def person(email: str, now: datetime | None = None, limit: int = PERSON_LIMIT) -
             for row in rows
         ],
         total=total,
+        owned=owned,
     )
 

@@ -165,13 +165,9 @@ def _person_page(address: str, errors: dict | None = None, status: int = 200):
     """The page, with ``errors`` by the form they belong to (a connection id, or "all")."""
     return render_template(
         "people/show.html", person=person(address, utcnow()), errors=errors or {},
-        providers=current_app.extensions["providers"], can_link=_can_link,
+        providers=current_app.extensions["providers"], can_link=reconnect_links.can_issue,
         transfer_form=TransferForm(), link_form=LinkForm(),
     ), status
-
-
-def _can_link(row) -> bool:
-    return reconnect_links.can_issue(row)
 
 
 def _address(email: str) -> str:
