@@ -13,14 +13,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.support.builders import csrf_token, make_user
+from tests.support.builders import csrf_token
 from vault.extensions import db
 from vault.models import (
     AuditEvent,
     Connection,
     ConnectionConsumer,
     ConnectionTag,
-    ServiceKey,
     utcnow,
 )
 from vault.services import ownership
@@ -314,6 +313,7 @@ def test_tag_filter_reads_the_tag_index(app):
                                      compile_kwargs={"literal_binds": True}))
     plan = " ".join(str(row) for row in db.session.execute(
         db.text(f"EXPLAIN QUERY PLAN {compiled}")))
-    assert "SEARCH connection_tags USING COVERING INDEX ix_connection_tags_tag_connection_id" in plan
+    tag_index = "ix_connection_tags_tag_connection_id"
+    assert f"SEARCH connection_tags USING COVERING INDEX {tag_index}" in plan, plan
     assert "SEARCH connections USING COVERING INDEX ix_connections_owner_email" in plan, plan
 
