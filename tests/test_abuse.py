@@ -69,7 +69,8 @@ def requests_of_every_route(app):
     """(method, path) for every route and method, with arguments that would be valid."""
     values = {"connection_id": "1", "provider_key": "acme", "key": "idp", "path": "x",
               "filename": "css/app.css", "token": "A" * 43, "link_id": "1",
-              "grant_id": "1"}  # a device grant (issue 16) that does not exist
+              "grant_id": "1",  # a device grant (issue 16) that does not exist
+              "email": "someone@example.com"}
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: values[m[1]], rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):

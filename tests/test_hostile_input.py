@@ -242,9 +242,12 @@ def test_an_id_that_cannot_exist_is_not_found_on_every_connection_route(
     db.session.commit()
     token = csrf_token(admin_client, "/")
     routes = [rule for rule in app.url_map.iter_rules() if "<int:connection_id>" in rule.rule]
-    assert len(routes) == 7  # detail, refresh, check, reconnect-link, disconnect, credentials, API
+    # detail, refresh, check, reconnect-link, disconnect, credentials, API, details; the people
+    # page's transfer, reconnect-link and disconnect
+    assert len(routes) == 11
     for rule in routes:
         path = rule.rule.replace("<int:connection_id>", raw_id)
+        path = path.replace("<email>", "admin@example.com")
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             response = admin_client.open(
                 path, method=method, data={"csrf_token": token},

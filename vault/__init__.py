@@ -154,8 +154,10 @@ def register_blueprints(app: Flask) -> None:
         auth,
         connect,
         connections,
+        device,
         health,
         metrics,
+        people,
         providers,
         reconnect,
     )
@@ -171,9 +173,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(reconnect.bp)
     app.register_blueprint(alerts.bp)
     app.register_blueprint(metrics.bp)
-    from vault.web import device  # the device authorization grant's pages (issue 16)
-
     app.register_blueprint(device.bp)
+    app.register_blueprint(people.bp)
     init_filters(app)
 
 

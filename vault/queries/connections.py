@@ -29,7 +29,15 @@ from sqlalchemy import Row, and_, bindparam, case, func, or_, select
 
 from vault.extensions import db
 from vault.grants import GrantProviders, StoredRows, renewable_clause
-from vault.models import Connection, ConnectionStatus, Token, TokenKind, UTCDateTime, utcnow
+from vault.models import (
+    Connection,
+    ConnectionStatus,
+    ConnectionTag,
+    Token,
+    TokenKind,
+    UTCDateTime,
+    utcnow,
+)
 
 PAGE_SIZE = 50
 SOON = timedelta(hours=24)
@@ -153,6 +161,7 @@ class _Source:
             Connection.updated_at,
             Connection.reconnect_by,
             Connection.reconnect_reason,
+            Connection.owner_email,
             self.expires_at.label("expires_at"),
             self.refresh.c.expires_at.label("refresh_expires_at"),
             self.renewable.label("renewable"),
@@ -252,10 +261,12 @@ class ConnectionFilters:
     search: str = ""
     sort: str = "expiry"
     page: int = 1
+    owner: str | None = None
+    tag: str | None = None
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> ConnectionFilters:
-        """Read ``provider``, ``status``, ``q``, ``sort`` and ``page``."""
+        """Read ``provider``, ``status``, ``q``, ``sort``, ``page``, ``owner`` and ``tag``."""
         health = args.get("status") or None
         sort = args.get("sort") or "expiry"
         return cls(
@@ -264,6 +275,9 @@ class ConnectionFilters:
             search=" ".join((args.get("q") or "").split())[:200],
             sort=sort if sort in SORTS else "expiry",
             page=positive_int(args.get("page"), 1) or 1,
+            # Compared as stored (lower-cased); a value no owner or tag has matches nothing.
+            owner=(args.get("owner") or "").strip().lower()[:320] or None,
+            tag=(args.get("tag") or "").strip().lower()[:32] or None,
         )
 
     def query_args(self, **changes: Any) -> dict[str, Any]:
@@ -275,13 +289,15 @@ class ConnectionFilters:
             "q": current.search or None,
             "sort": None if current.sort == "expiry" else current.sort,
             "page": None if current.page == 1 else current.page,
+            "owner": current.owner,
+            "tag": current.tag,
         }
         return {name: value for name, value in args.items() if value is not None}
 
     @property
     def active(self) -> bool:
         """Whether anything narrows the list."""
-        return bool(self.provider or self.health or self.search)
+        return bool(self.provider or self.health or self.search or self.owner or self.tag)
 
 
 def _order(source: _Source, sort: str) -> tuple:
@@ -305,7 +321,7 @@ def list_connections(
 ) -> Page[Row]:
     """One page of connections matching ``filters``: a count, then the page."""
     source = health_source()
-    conditions = []
+    conditions = ownership_conditions(filters)
     if filters.provider:
         conditions.append(Connection.provider == filters.provider)
     if filters.health:
@@ -336,3 +352,33 @@ def list_connections(
         .offset((number - 1) * size)
     )
     return Page(list(db.session.execute(statement, params)), total, number, size)
+
+
+def ownership_conditions(filters: ConnectionFilters) -> list:
+    """The list's owner and tag filters as conditions on ``connections``.
+
+    The owner through ``ix_connections_owner_email``; the tag through ``connection_tags``'s
+    (tag, connection_id) index, as a semi-join so a connection is listed once.
+    """
+    conditions = []
+    if filters.owner:
+        conditions.append(Connection.owner_email == filters.owner)
+    if filters.tag:
+        conditions.append(Connection.id.in_(
+            select(ConnectionTag.connection_id).where(ConnectionTag.tag == filters.tag)
+        ))
+    return conditions
+
+
+def tags_by_connection(connection_ids: list[int]) -> dict[int, list[str]]:
+    """The tags of the given connections (one query, for a page of them), each sorted."""
+    tags: dict[int, list[str]] = {}
+    if not connection_ids:
+        return tags
+    for connection_id, tag in db.session.execute(
+        select(ConnectionTag.connection_id, ConnectionTag.tag)
+        .where(ConnectionTag.connection_id.in_(connection_ids))
+        .order_by(ConnectionTag.connection_id, ConnectionTag.tag)
+    ):
+        tags.setdefault(connection_id, []).append(tag)
+    return tags

@@ -41,6 +41,7 @@ from vault.oauth.lifetimes import lifetime_end
 from vault.oauth.tokens import NewTokens
 from vault.providers.registry import Provider
 from vault.redact import redact_known
+from vault.services.ownership import default_owner
 from vault.tokens.store import DecryptionError, token_vault
 
 
@@ -73,7 +74,7 @@ def account_from_claims(claims: dict[str, Any]) -> Account:
 
 def record_grant(
     provider: Provider, token: dict[str, Any], account: Account, user: User | None,
-    *, actor: str | None = None,
+    *, actor: str | None = None, owner: str | None = None,
 ) -> tuple[Connection, bool]:
     """Upsert the connection for ``account`` and store the grant's tokens, encrypted.
 
@@ -81,6 +82,8 @@ def record_grant(
     provider sends no new one). Returns the connection and whether it is new. ``user`` is
     the staff member it is recorded for (None: ``created_by`` is left as it was, e.g. an
     owner reconnecting through a link); ``actor`` names the audit's actor when not ``user``.
+    A new connection's owner is ``owner`` (a connect link's e-mail) or else ``user``; a
+    reconnect keeps the owner it has.
     """
     now = utcnow()
     existing = db.session.scalar(
@@ -91,6 +94,7 @@ def record_grant(
     created = existing is None
     connection = existing or Connection(provider=provider.key, account_subject=account.subject)
     if created:
+        connection.owner_email = default_owner(user, owner)
         db.session.add(connection)
     connection.account_email = account.email
     connection.account_name = account.name
@@ -287,7 +291,8 @@ def add_credentials(
         )
         if exists is not None:
             raise ConnectError(f"{provider.title} already has credentials named “{label}”.")
-        connection = Connection(provider=provider.key, account_subject=subject, account_name=label)
+        connection = Connection(provider=provider.key, account_subject=subject, account_name=label,
+                                owner_email=default_owner(user))
         db.session.add(connection)
         action = "credentials.added"
     else:

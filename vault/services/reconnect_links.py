@@ -221,6 +221,7 @@ def complete(
     connection, _created = record_grant(
         provider, token, account,
         creator if link.kind == LinkKind.CONNECT.value else None, actor=link_actor(link.id),
+        owner=link.expected_email,
     )
     link.connection_id = connection.id
     _record(link, "used", actor=link_actor(link.id), connection=connection)

@@ -7,16 +7,23 @@ from datetime import datetime, timedelta
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import SubmitField
+from wtforms import EmailField, StringField, SubmitField
 
 from vault.crypto import DecryptionError
 from vault.extensions import db, limiter
 from vault.grants import StoredValues, due_at, grant_for
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.queries.audit import connection_history
-from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
+from vault.queries.connections import (
+    SORTS,
+    ConnectionFilters,
+    Health,
+    list_connections,
+    tags_by_connection,
+)
+from vault.queries.people import consumers_of
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
-from vault.services import reconnect_links
+from vault.services import ownership, reconnect_links
 from vault.services.checks import CheckResult, check_connection, how_checked
 from vault.services.connections import disconnect, missing_scopes
 from vault.tokens.store import token_vault
@@ -33,6 +40,17 @@ class ConfirmForm(FlaskForm):
     submit = SubmitField("Disconnect")
 
 
+class DetailsForm(FlaskForm):
+    """Owner, purpose and tags (checked by :mod:`vault.services.ownership`)."""
+
+    owner = EmailField("Owner",
+                       description="Who answers for it: a staff member's or anyone's e-mail.")
+    purpose = StringField("Purpose", description="What it is for, in a sentence.")
+    tags = StringField("Tags", description="A few short labels, separated by commas or spaces "
+                                   "(a-z, 0-9, - and _).")
+    submit = SubmitField("Save details")
+
+
 def mask(value: str) -> str:
     """Only the last 4 characters, and none of a value too short to spare them."""
     return "••••" + value[-4:] if len(value) >= 12 else "••••"
@@ -47,9 +65,11 @@ def index():
     provider_choices = [(provider.key, provider.title) for provider in providers]
     if filters.provider and filters.provider not in providers:
         provider_choices.append((filters.provider, f"{filters.provider} (not configured)"))
+    page = list_connections(filters, now)
     return render_template(
         "connections/index.html",
-        page=list_connections(filters, now),
+        page=page,
+        tags=tags_by_connection([row.id for row in page.items]),
         filters=filters,
         now=now,
         providers=providers,
@@ -69,7 +89,11 @@ def _next_refresh(row) -> datetime | None:
 @bp.get("/<int:connection_id>")
 def detail(connection_id: int):
     """One connection: its tokens masked, scopes, who connected it, its audit history."""
-    connection = db.get_or_404(Connection, connection_id)
+    return _detail_page(db.get_or_404(Connection, connection_id))
+
+
+def _detail_page(connection: Connection, details: DetailsForm | None = None, status: int = 200):
+    """The connection's page; ``details`` is the owner form as posted (with its errors)."""
     provider = current_app.extensions["providers"].get(connection.provider)
     order = list(TokenKind)
     tokens = []
@@ -101,7 +125,13 @@ def detail(connection_id: int):
                    for link in reconnect_links.links_of_connection(connection)],
         can_link=reconnect_links.can_issue(connection),
         checked_by=how_checked(provider, connection),
-    )
+        tags=ownership.current_tags(connection),
+        consumers=consumers_of([connection.id]).get(connection.id, []),
+        details_form=details or DetailsForm(
+            owner=connection.owner_email, purpose=connection.purpose,
+            tags=" ".join(ownership.current_tags(connection)),
+        ),
+    ), status
 
 
 @bp.post("/<int:connection_id>/refresh")
@@ -177,3 +207,25 @@ def disconnect_connection(connection_id: int):
     else:
         flash("Disconnected: tokens deleted (this provider offers no revocation).", "success")
     return redirect(url_for("connections.detail", connection_id=connection.id))
+
+
+@bp.post("/<int:connection_id>/details")
+@admin_required
+def update_details(connection_id: int):
+    """Save owner, purpose and tags; a bad value changes nothing and is shown by its field."""
+    connection = db.get_or_404(Connection, connection_id)
+    form = DetailsForm()
+    if not form.validate_on_submit():
+        return _detail_page(connection, form, 400)
+    try:
+        changed = ownership.update_details(
+            connection, owner=form.owner.data, purpose=form.purpose.data,
+            tags=ownership.split_tags(form.tags.data), actor=current_user._get_current_object(),
+        )
+    except ownership.OwnershipError as error:
+        db.session.rollback()
+        getattr(form, error.field).errors = [str(error)]
+        return _detail_page(db.get_or_404(Connection, connection_id), form, 400)
+    db.session.commit()
+    flash(f"Saved: {', '.join(changed)}." if changed else "Nothing changed.", "success")
+    return redirect(url_for("connections.detail", connection_id=connection_id))
