@@ -160,6 +160,7 @@ def register_blueprints(app: Flask) -> None:
         reconnect,
     )
     from vault.web.filters import init_filters
+    from vault.web.service_accounts import bp as service_accounts_bp
 
     app.register_blueprint(providers.bp)
     app.register_blueprint(auth.bp)
@@ -171,6 +172,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(reconnect.bp)
     app.register_blueprint(alerts.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(service_accounts_bp)
     init_filters(app)
 
 

@@ -307,10 +307,18 @@ class StoredRows:
         self._has = has
 
     @classmethod
-    def joined(cls, aliases: dict[TokenKind, Any]) -> StoredRows:
-        """Outer-joined aliases by kind: a row is there when its ``connection_id`` is."""
+    def joined(
+        cls, aliases: dict[TokenKind, Any], fallback: StoredRows | None = None
+    ) -> StoredRows:
+        """Outer-joined aliases by kind: a row is there when its ``connection_id`` is.
+
+        ``fallback`` answers for the kinds without an alias (a service account's key file:
+        only its few connections ever look it up, so it is not worth a join for all).
+        """
 
         def has(kind: TokenKind, conditions: Callable[[Any], list[Any]]) -> Any:
+            if kind not in aliases and fallback is not None:
+                return fallback.has(kind, conditions)
             alias = aliases[kind]
             return and_(alias.c.connection_id.is_not(None), *conditions(alias))
 

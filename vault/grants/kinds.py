@@ -15,6 +15,7 @@ unknown                the provider left the providers file
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
@@ -56,8 +57,33 @@ def credential_kind(provider: Provider | None) -> CredentialKind:
 
 
 
-def key_age_days(added_at: datetime | None, now: datetime) -> int | None:
-    """Whole days since a signing key was stored (None when unknown)."""
-    if added_at is None:
-        return None
-    return max(0, (now - added_at).days)
+
+@dataclass(frozen=True)
+class Credential:
+    """A connection's credential kind and, for a key-based one, its key's id and age."""
+
+    kind: CredentialKind
+    key_id: str | None = None
+    key_added_at: datetime | None = None
+
+    @property
+    def label(self) -> str:
+        """The kind in words for pages."""
+        return CREDENTIAL_KIND_LABELS[self.kind]
+
+    def key_age_days(self, now: datetime) -> int | None:
+        """Whole days since the key was stored (None when unknown)."""
+        if self.key_added_at is None:
+            return None
+        return max(0, (now - self.key_added_at).days)
+
+
+def describe(
+    provider: Provider | None, key_id: str | None, key_added_at: datetime | None
+) -> Credential:
+    """The credential of a connection: its kind and, when a key signs for it, the key's id
+    (``connections.credential_key_id``) and when it was stored (its ``private_key`` row)."""
+    kind = credential_kind(provider)
+    if kind is not CredentialKind.SERVICE_ACCOUNT:
+        return Credential(kind)
+    return Credential(kind, key_id, key_added_at)

@@ -12,6 +12,7 @@ from wtforms import SubmitField
 from vault.crypto import DecryptionError
 from vault.extensions import db, limiter
 from vault.grants import StoredValues, due_at, grant_for
+from vault.grants.kinds import describe
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.queries.audit import connection_history
 from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
@@ -78,7 +79,10 @@ def detail(connection_id: int):
             shown = mask(token_vault.decrypt(token))
         except DecryptionError:
             shown = None  # the page says "undecryptable" and renders the rest
+        if token.kind == TokenKind.PRIVATE_KEY.value and shown is not None:
+            shown = "key file"  # shown by its key id, never by any of its characters
         tokens.append((token, shown))
+    key_row = next((t for t in connection.tokens if t.kind == TokenKind.PRIVATE_KEY.value), None)
     kinds = {token.kind for token in connection.tokens}
     missing = missing_scopes(connection, provider)
     requested = connection.scopes_requested.split()
@@ -101,6 +105,9 @@ def detail(connection_id: int):
                    for link in reconnect_links.links_of_connection(connection)],
         can_link=reconnect_links.can_issue(connection),
         checked_by=how_checked(provider, connection),
+        credential=describe(provider, connection.credential_key_id,
+                            key_row.created_at if key_row is not None else None),
+        now=utcnow(),
     )
 
 
