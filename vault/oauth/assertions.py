@@ -18,7 +18,10 @@ from typing import Any
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.oauth2.rfc7523 import JWTBearerGrant, PrivateKeyJWT
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, RSAKey
 
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.session import ProviderSession, transport_failure
@@ -67,7 +70,7 @@ def sign_assertion(assertion: Assertion, *, now: datetime) -> str:
     issued = int(now.timestamp())
     try:
         return JWTBearerGrant.sign(
-            assertion.private_key, issuer=assertion.issuer, audience=assertion.audience,
+            signing_key(assertion.private_key), issuer=assertion.issuer, audience=assertion.audience,
             subject=assertion.subject, issued_at=issued,
             expires_at=issued + ASSERTION_LIFETIME_SECONDS, claims=claims, header=header,
         )
@@ -103,6 +106,20 @@ def request_token(
     finally:
         session.token = None
     return dict(answer)
+
+
+def signing_key(pem: str) -> RSAKey | ECKey:
+    """A PEM private key as the joserfc key Authlib signs with (RSA or EC)."""
+    key = load_pem_private_key(pem.encode(), password=None)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return ECKey.import_key(pem)
+    return RSAKey.import_key(pem)
+
+
+def client_key(provider: Provider) -> RSAKey | ECKey:
+    """The key ``private_key_jwt`` signs with, where Authlib expects the client secret."""
+    assert provider.client_private_key is not None  # checked at start-up
+    return signing_key(provider.client_private_key)
 
 
 def private_key_jwt(provider: Provider) -> PrivateKeyJWT:

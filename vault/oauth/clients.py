@@ -72,7 +72,9 @@ def _settings(provider: Provider, timeout: float) -> dict[str, Any]:
     settings = {
         "client_id": provider.client_id,
         # With private_key_jwt the key stands where Authlib expects the secret.
-        "client_secret": provider.client_private_key if private_key_jwt else provider.client_secret,
+        "client_secret": (
+            assertions.client_key(provider) if private_key_jwt else provider.client_secret
+        ),
         "client_auth_methods": [assertions.private_key_jwt(provider)] if private_key_jwt else None,
         "authorize_params": dict(provider.authorize_params) or None,
         "client_kwargs": {

@@ -83,7 +83,8 @@ def parse_key_file(data: bytes) -> ServiceAccountKey:
     project = document.get("project_id")
     if project is not None and not (isinstance(project, str) and _PROJECT.match(project)):
         raise KeyFileError('The file\'s "project_id" is not a project id.')
-    private_key = _text(document, "private_key")
+    _text(document, "private_key")
+    private_key = document["private_key"]  # as Google wrote it, final newline and all
     try:
         signing_algorithm(private_key)
     except UnusableKey as error:

@@ -150,7 +150,9 @@ def new_session(provider: Provider, **kwargs: Any) -> ProviderSession:
     private_key_jwt = provider.token_endpoint_auth_method == PRIVATE_KEY_JWT
     session = ProviderSession(
         client_id=provider.client_id,
-        client_secret=provider.client_private_key if private_key_jwt else provider.client_secret,
+        client_secret=(
+            assertions.client_key(provider) if private_key_jwt else provider.client_secret
+        ),
         token_endpoint_auth_method=provider.token_endpoint_auth_method,
         revocation_endpoint_auth_method=provider.token_endpoint_auth_method,
         default_timeout=provider_timeout(),

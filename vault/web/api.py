@@ -266,10 +266,11 @@ def _credential_json(connection: Connection) -> dict:
     provider = current_app.extensions["providers"].get(connection.provider)
     if "vault_key_rows" not in g:
         # One query for the request: when each service account's key file was stored.
-        g.vault_key_rows = dict(db.session.execute(
+        rows = db.session.execute(
             select(Token.connection_id, Token.created_at)
             .where(Token.kind == TokenKind.PRIVATE_KEY.value)
-        ).tuples().all())
+        )
+        g.vault_key_rows = {connection_id: added for connection_id, added in rows}
     credential = describe(provider, connection.credential_key_id,
                           g.vault_key_rows.get(connection.id))
     key = None
