@@ -67,8 +67,11 @@ def pem_of(key: rsa.RSAPrivateKey) -> str:
 class GoogleTokenStub:
     """Google's token endpoint for JWT bearer assertions; see the module docstring."""
 
-    def __init__(self, *, expires_in: int = 30):
+    def __init__(self, *, expires_in: int = 30, scope_as_parameter: bool = False):
         self.expires_in = expires_in
+        # True: RFC 7523 as written (any oauth2 provider with grant_type = "jwt_bearer"):
+        # the scopes come as the request's ``scope`` parameter, not as a claim.
+        self.scope_as_parameter = scope_as_parameter
         self.accounts: dict[str, ServiceAccount] = {}
         # Each accepted assertion's claims and the access token it bought, in order.
         self.accepted: list[tuple[dict[str, Any], str]] = []
@@ -142,7 +145,9 @@ class GoogleTokenStub:
 
     def _check(self, request: Request) -> dict[str, Any]:
         form = request.form
-        if sorted(form) != ["assertion", "grant_type"]:
+        expected = ["assertion", "grant_type", "scope"] if self.scope_as_parameter else [
+            "assertion", "grant_type"]
+        if sorted(form) != expected:
             raise _Refused("invalid_request", f"unexpected parameters: {sorted(form)}")
         if form["grant_type"] != JWT_BEARER:
             raise _Refused("unsupported_grant_type", "Invalid grant_type: "
@@ -178,7 +183,9 @@ class GoogleTokenStub:
         if issued > now + _CLOCK_SKEW or expires <= now or expires - issued > 3600:
             raise _Refused("invalid_grant", "Invalid JWT: Token must be a short-lived token "
                            "(60 minutes) and in a reasonable timeframe.")
-        scope = claims.get("scope")
+        scope = form["scope"] if self.scope_as_parameter else claims.get("scope")
+        if self.scope_as_parameter and "scope" in claims:
+            raise _Refused("invalid_grant", "Invalid JWT: scope is a request parameter here.")
         if not isinstance(scope, str) or not scope or scope != " ".join(scope.split()):
             raise _Refused("invalid_scope", "Invalid OAuth scope or ID token audience provided.")
         if any(name not in SCOPES for name in scope.split(" ")):
@@ -193,7 +200,7 @@ class GoogleTokenStub:
         unknown = set(claims) - {"iss", "sub", "aud", "scope", "iat", "exp", "jti"}
         if unknown:
             raise _Refused("invalid_grant", f"Invalid JWT: unexpected claims {sorted(unknown)}.")
-        return claims
+        return {**claims, "scope": scope}
 
 
 class _Refused(Exception):

@@ -20,8 +20,8 @@ none                   anything else: the connection says why, has no Refresh bu
 =====================  =================================================================
 
 A disconnected connection, or one whose grant the provider refused, has no grant either.
-:func:`vault.grants.kinds.credential_kind` says, from the provider alone, what kind of credential a connection
-is (person, client credentials, service account, device, API key), for pages and the API.
+:func:`vault.grants.kinds.credential_kind` says, from the provider alone, what kind of
+credential a connection is (person, client credentials, service account, device, API key).
 :func:`grant_for` answers in Python (detail page, refresh engine), :func:`renewable_clause`
 the same in SQL (dashboard counts and lists, ``refresh-due``'s claim); the test matrix in
 ``tests/test_grants.py`` holds them to each other.

@@ -20,6 +20,8 @@ from datetime import datetime
 from enum import Enum
 
 from vault.providers.registry import Provider
+
+
 class CredentialKind(str, Enum):
     """What kind of credential a connection is, as pages and the token API name it."""
 

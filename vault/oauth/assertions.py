@@ -70,8 +70,8 @@ def sign_assertion(assertion: Assertion, *, now: datetime) -> str:
     issued = int(now.timestamp())
     try:
         return JWTBearerGrant.sign(
-            signing_key(assertion.private_key), issuer=assertion.issuer, audience=assertion.audience,
-            subject=assertion.subject, issued_at=issued,
+            signing_key(assertion.private_key), issuer=assertion.issuer,
+            audience=assertion.audience, subject=assertion.subject, issued_at=issued,
             expires_at=issued + ASSERTION_LIFETIME_SECONDS, claims=claims, header=header,
         )
     except (JoseError, ValueError) as error:

@@ -17,7 +17,12 @@ from urllib.parse import urlsplit
 
 from vault.config import ConfigError
 from vault.providers.limit_keys import check_limit_keys
-from vault.providers.signing_keys import JWT_BEARER, KEY_SETTINGS, PRIVATE_KEY_JWT, check_signing_keys
+from vault.providers.signing_keys import (
+    JWT_BEARER,
+    KEY_SETTINGS,
+    PRIVATE_KEY_JWT,
+    check_signing_keys,
+)
 
 OAUTH_TYPES = ("oidc", "oauth2")
 SERVICE_ACCOUNT = "service_account"
