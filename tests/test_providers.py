@@ -20,7 +20,8 @@ def test_example_file_loads_with_every_preset(tmp_path):
     registry = load_registry(tmp_path, example, environ=environ)
     presets = {provider.preset for provider in registry if provider.preset}
     assert presets == set(PRESETS) - {"oidc", "oauth2"}
-    assert {provider.type for provider in registry} == {"oidc", "oauth2", "api_key"}
+    assert {provider.type for provider in registry} == {
+        "oidc", "oauth2", "api_key", "service_account"}
     assert registry.get("google").client_secret == "value-of-GOOGLE_CLIENT_SECRET"
     assert "value-of-GOOGLE_CLIENT_SECRET" not in repr(registry.get("google"))
 

@@ -10,6 +10,7 @@ so restarting it disturbs no other test.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -25,11 +26,13 @@ import pytest
 import requests
 from sqlalchemy import create_engine, select, text
 
+from tests.support.google_token_stub import SCOPES, GoogleTokenStub
 from tests.support.gunicorn import Gunicorn, free_port
 from tests.support.provider_stub import ProviderStub
 from vault import PROJECT_ROOT, create_app
 from vault.extensions import db
-from vault.models import Connection, utcnow
+from vault.models import Connection, TokenKind, utcnow
+from vault.oauth.service_accounts import parse_key_file, stored_value
 from vault.services.service_keys import create_key
 from vault.tokens.store import token_vault
 
@@ -111,6 +114,39 @@ def environment(cluster, tmp_path):
     stub.__exit__(None, None, None)
 
 
+@pytest.fixture
+def google(environment):
+    """A Google service account beside the OAuth connections (issue 16): its stored key
+    file is renewed by signing assertions, through the same row locks and API."""
+    env, _stub = environment
+    with GoogleTokenStub(expires_in=30) as google:
+        with open(env["VAULT_PROVIDERS_FILE"], "a", encoding="utf-8") as providers:
+            providers.write(f'\n[{SERVICE_ACCOUNT}]\npreset = "google_service_account"\n'
+                            f'token_url = "{google.token_url}"\nscope = "{SCOPES[0]}"\n')
+        yield google
+
+
+SERVICE_ACCOUNT = "robots"
+
+
+def _add_service_account(app, google) -> int:
+    key = parse_key_file(json.dumps(google.create_key("robot@scale.iam.gserviceaccount.com"))
+                         .encode())
+    with app.app_context():
+        connection = Connection(provider=SERVICE_ACCOUNT, account_subject=key.client_email,
+                                scopes_requested=SCOPES[0], credential_key_id=key.private_key_id)
+        db.session.add(connection)
+        db.session.flush()
+        token_vault.store(connection, TokenKind.PRIVATE_KEY, stored_value(key, None))
+        token_vault.store(connection, TokenKind.ACCESS, "ya29.initial",
+                          expires_at=utcnow() - timedelta(seconds=1))
+        db.session.commit()
+        connection_id = connection.id
+        db.session.remove()
+        db.engine.dispose()
+    return connection_id
+
+
 def _flask(env, *args, timeout=120):
     return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=PROJECT_ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
@@ -139,9 +175,10 @@ def _prepare(env, stub) -> tuple[object, str, list[int]]:
     return app, key, ids
 
 
-def test_two_instances_and_two_cron_runs_share_one_database(environment, cluster):
+def test_two_instances_and_two_cron_runs_share_one_database(environment, cluster, google):
     env, stub = environment
     app, key, ids = _prepare(env, stub)
+    ids.append(_add_service_account(app, google))
     instances = [Gunicorn(env, threads=4), Gunicorn(env, threads=4)]
     engine = create_engine(cluster.url, pool_pre_ping=True)
     stop = threading.Event()
@@ -203,7 +240,8 @@ def test_two_instances_and_two_cron_runs_share_one_database(environment, cluster
     # Otherwise every request got a token the provider really issued.
     after = [(status, body) for cycle, status, body in answers if cycle not in outage_cycles]
     assert all(status == 200 for status, _ in after), Counter(status for status, _ in after)
-    assert {body["access_token"] for _, body in after} <= set(stub.issued_access_tokens)
+    issued = set(stub.issued_access_tokens) | {token for _, token in google.accepted}
+    assert {body["access_token"] for _, body in after} <= issued
     assert any(cycle > OUTAGE_AT and status == 200 for cycle, status, _ in answers)
 
     # No refresh token was ever presented twice, so no token request was duplicated.
@@ -215,6 +253,11 @@ def test_two_instances_and_two_cron_runs_share_one_database(environment, cluster
     with app.app_context():
         for connection in db.session.scalars(select(Connection)):
             assert connection.status == "active", (connection.id, connection.last_error)
+            if connection.provider == SERVICE_ACCOUNT:
+                kinds = sorted(token.kind for token in connection.tokens)
+                assert kinds == ["access", "private_key"]
+                assert token_vault.get(connection, "access") == google.accepted[-1][1]
+                continue
             assert sorted(token.kind for token in connection.tokens) == ["access", "refresh"]
             assert token_vault.get(connection, "refresh") in stub.valid_refresh_tokens
         db.session.remove()

@@ -160,6 +160,7 @@ def register_blueprints(app: Flask) -> None:
         people,
         providers,
         reconnect,
+        service_accounts,
     )
     from vault.web.filters import init_filters
 
@@ -175,6 +176,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(device.bp)
     app.register_blueprint(people.bp)
+    app.register_blueprint(service_accounts.bp)
     init_filters(app)
 
 

@@ -95,6 +95,9 @@ class TokenKind(str, enum.Enum):
     ID = "id"
     API_KEY = "api_key"
     API_SECRET = "api_secret"
+    # A service account's JSON key file (and the subject it impersonates): signs the JWT
+    # bearer grant's assertions (vault/oauth/service_accounts.py).
+    PRIVATE_KEY = "private_key"
 
 
 def _one_of(column: str, enum_type: type[enum.Enum]) -> str:
@@ -185,6 +188,10 @@ class Connection(TimestampMixin, Base):
     # person who connected it by default) and what it is for, in a sentence.
     owner_email: Mapped[str | None] = mapped_column(String(320), index=True)
     purpose: Mapped[str | None] = mapped_column(String(500))
+    # The id of the private key a key-based credential signs with (a service account's
+    # private_key_id, a jwt_bearer provider's key id): shown, never secret; its age is the
+    # private_key token row's created_at.
+    credential_key_id: Mapped[str | None] = mapped_column(String(128))
 
     created_by: Mapped[User | None] = relationship()
     tokens: Mapped[list[Token]] = relationship(

@@ -12,11 +12,16 @@ client credentials     an OAuth provider with ``grant_type = "client_credentials
                        usable refresh token is stored (a usable one takes precedence)
 key exchange           an API-key provider with a ``token_url`` (GreenInvoice) and both the
                        key and its secret stored
+JWT bearer             a service account with its key file stored, or an ``oauth2`` provider
+                       with ``grant_type = "jwt_bearer"`` (its key is in the providers file):
+                       renewing is signing a new assertion
 none                   anything else: the connection says why, has no Refresh button and
                        is never claimed by ``refresh-due``
 =====================  =================================================================
 
 A disconnected connection, or one whose grant the provider refused, has no grant either.
+:func:`vault.grants.kinds.credential_kind` says, from the provider alone, what kind of
+credential a connection is (person, client credentials, service account, device, API key).
 :func:`grant_for` answers in Python (detail page, refresh engine), :func:`renewable_clause`
 the same in SQL (dashboard counts and lists, ``refresh-due``'s claim); the test matrix in
 ``tests/test_grants.py`` holds them to each other.
@@ -32,15 +37,16 @@ from typing import Any, ClassVar, Protocol
 from sqlalchemy import ColumnElement, and_, bindparam, exists, or_
 
 from vault.models import ConnectionStatus, TokenKind
-from vault.oauth import tokens
+from vault.oauth import service_accounts, tokens
 from vault.oauth.tokens import NewTokens
-from vault.providers.registry import Provider, ProviderRegistry
+from vault.providers.registry import SERVICE_ACCOUNT, Provider, ProviderRegistry
 
 __all__ = [
     "ClientCredentialsGrant",
     "Credentials",
     "Grant",
     "GrantProviders",
+    "JwtBearerGrant",
     "KeyExchangeGrant",
     "NoGrant",
     "NotRefreshable",
@@ -66,6 +72,9 @@ class Credentials:
     refresh_token: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     api_secret: str | None = field(default=None, repr=False)
+    # A service account's stored key file, and the scopes its connection asks for.
+    private_key: str | None = field(default=None, repr=False)
+    scope: str | None = None
 
 
 class _TokenRow(Protocol):
@@ -160,6 +169,27 @@ class KeyExchangeGrant(Grant):
         )
 
 
+class JwtBearerGrant(Grant):
+    """RFC 7523 section 2.1: an assertion signed with a private key buys a token.
+
+    A service account signs with its uploaded key file (Google's claims); an ``oauth2``
+    provider with ``grant_type = "jwt_bearer"`` with the key of the providers file.
+    """
+
+    name = "jwt_bearer"
+    label = "signing a new assertion with its private key"
+
+    def request(self, provider: Provider, credentials: Credentials, *, now: datetime) -> NewTokens:
+        """Sign a new assertion and present it."""
+        if provider.type != SERVICE_ACCOUNT:
+            return service_accounts.provider_assertion_token(provider, now=now)
+        if not credentials.private_key:
+            raise NotRefreshable("no key file is stored; upload the service account's key")
+        return service_accounts.service_account_token(
+            provider, credentials.private_key, credentials.scope or provider.scope, now=now
+        )
+
+
 @dataclass(frozen=True)
 class NoGrant(Grant):
     """Nothing can renew the connection; ``reason`` says why."""
@@ -189,6 +219,12 @@ def grant_for(
         return NoGrant("the provider refused the grant; connect the account again", True)
     if provider is None:
         return NoGrant(f"provider {provider_key} is no longer in the providers file")
+    if provider.type == SERVICE_ACCOUNT:
+        if stored.has(TokenKind.PRIVATE_KEY):
+            return JwtBearerGrant()
+        return NoGrant("no key file is stored; upload the service account's JSON key", True)
+    if provider.uses_jwt_bearer:
+        return JwtBearerGrant()  # the providers file's key signs; nothing stored is needed
     if provider.is_oauth:
         refused = _refresh_token_refusal(stored, now) if stored.has(TokenKind.REFRESH) else None
         if stored.has(TokenKind.REFRESH) and refused is None:
@@ -235,6 +271,7 @@ class GrantProviders:
     oauth: list[str]
     client_credentials: list[str]
     key_exchange: list[str]
+    service_account: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, registry: ProviderRegistry) -> GrantProviders:
@@ -243,6 +280,7 @@ class GrantProviders:
             oauth=[p.key for p in registry if p.is_oauth],
             client_credentials=[p.key for p in registry if p.uses_client_credentials],
             key_exchange=[p.key for p in registry if p.type == "api_key" and p.token_url],
+            service_account=[p.key for p in registry if p.type == SERVICE_ACCOUNT],
         )
 
     def params(self) -> dict[str, list[str]]:
@@ -251,6 +289,7 @@ class GrantProviders:
             "oauth_providers": self.oauth,
             "client_credentials_providers": self.client_credentials,
             "key_exchange_providers": self.key_exchange,
+            "service_account_providers": self.service_account,
         }
 
 
@@ -268,10 +307,18 @@ class StoredRows:
         self._has = has
 
     @classmethod
-    def joined(cls, aliases: dict[TokenKind, Any]) -> StoredRows:
-        """Outer-joined aliases by kind: a row is there when its ``connection_id`` is."""
+    def joined(
+        cls, aliases: dict[TokenKind, Any], fallback: StoredRows | None = None
+    ) -> StoredRows:
+        """Outer-joined aliases by kind: a row is there when its ``connection_id`` is.
+
+        ``fallback`` answers for the kinds without an alias (a service account's key file:
+        only its few connections ever look it up, so it is not worth a join for all).
+        """
 
         def has(kind: TokenKind, conditions: Callable[[Any], list[Any]]) -> Any:
+            if kind not in aliases and fallback is not None:
+                return fallback.has(kind, conditions)
             alias = aliases[kind]
             return and_(alias.c.connection_id.is_not(None), *conditions(alias))
 
@@ -336,5 +383,11 @@ def renewable_clause(
                 stored.has(TokenKind.API_KEY),
                 stored.has(TokenKind.API_SECRET),
             ),
+            # jwt_bearer oauth2 providers are in the client-credentials list: always renewable.
+            and_(
+                connections.c.provider.in_(keys("service_account_providers")),
+                stored.has(TokenKind.PRIVATE_KEY),
+            ),
         ),
     )
+

@@ -14,10 +14,12 @@ from typing import Any
 from authlib.integrations.flask_client import FlaskOAuth2App, OAuth
 from flask import Flask, abort, current_app, url_for
 
+from vault.oauth import assertions
 from vault.oauth.discovery import server_metadata
 from vault.oauth.flow_state import FlowStateStore
 from vault.oauth.session import ProviderSession
 from vault.providers.registry import Provider
+from vault.providers.signing_keys import PRIVATE_KEY_JWT
 
 _EXTENSION = "vault_oauth"
 # Only who the person is: staff sign-in never asks for access to anything.
@@ -66,9 +68,14 @@ def _register(registry: OAuth, name: str, provider: Provider, settings: dict[str
 
 def _settings(provider: Provider, timeout: float) -> dict[str, Any]:
     """Authlib ``register`` arguments for a provider: PKCE S256, its auth method, a timeout."""
+    private_key_jwt = provider.token_endpoint_auth_method == PRIVATE_KEY_JWT
     settings = {
         "client_id": provider.client_id,
-        "client_secret": provider.client_secret,
+        # With private_key_jwt the key stands where Authlib expects the secret.
+        "client_secret": (
+            assertions.client_key(provider) if private_key_jwt else provider.client_secret
+        ),
+        "client_auth_methods": [assertions.private_key_jwt(provider)] if private_key_jwt else None,
         "authorize_params": dict(provider.authorize_params) or None,
         "client_kwargs": {
             "scope": provider.scope,

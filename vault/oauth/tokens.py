@@ -1,10 +1,11 @@
 """Token requests: the only code that asks a provider for tokens or sends it one.
 
-Four requests, each with the provider timeout, each failure classified
+Five requests, each with the provider timeout, each failure classified
 (:mod:`vault.oauth.errors`):
 
 * :func:`refresh_token_grant` and :func:`client_credentials_grant` at the token endpoint,
-  through Authlib with the provider's client authentication;
+  through Authlib with the provider's client authentication (a secret, or ``private_key_jwt``);
+* :func:`jwt_bearer_grant`, a signed assertion for a token (:mod:`vault.oauth.assertions`);
 * :func:`exchange_api_key`, GreenInvoice's trade of a key id and secret for a JWT;
 * :func:`fetch_userinfo` and :func:`revoke`, which send a token without ever renewing it.
 
@@ -26,11 +27,14 @@ import requests
 from authlib.common.errors import AuthlibBaseError
 from flask import current_app
 
+from vault.oauth import assertions
+from vault.oauth.assertions import Assertion, request_token
 from vault.oauth.discovery import endpoint, token_endpoint
 from vault.oauth.errors import GrantRejected, ProviderFailure
 from vault.oauth.lifetimes import lifetime_end
 from vault.oauth.session import ProviderSession, raise_for_unavailable, transport_failure
 from vault.providers.registry import CLIENT_CREDENTIALS, Provider
+from vault.providers.signing_keys import PRIVATE_KEY_JWT
 
 # Errors that mean the grant itself is gone (RFC 6749 section 5.2).
 REJECTED_GRANT_ERRORS = frozenset({"invalid_grant", "unauthorized_client"})
@@ -80,6 +84,17 @@ def client_credentials_grant(provider: Provider, *, now: datetime) -> NewTokens:
     return _token_request(provider, now=now)
 
 
+def jwt_bearer_grant(
+    provider: Provider, assertion: Assertion, *, now: datetime, client_auth: bool
+) -> NewTokens:
+    """The JWT bearer grant (RFC 7523): a token for a freshly signed ``assertion``."""
+    answer = request_token(
+        provider, _token_session(provider), token_endpoint(provider), assertion,
+        now=now, timeout=provider_timeout(), client_auth=client_auth,
+    )
+    return NewTokens.from_answer(answer, now=now)
+
+
 def _token_request(
     provider: Provider, *, now: datetime, refresh_token: str | None = None
 ) -> NewTokens:
@@ -118,7 +133,8 @@ def _token_session(provider: Provider) -> ProviderSession:
     """
     sessions = _sessions.__dict__.setdefault("by_client", {})
     key = (provider.key, provider.client_id, provider.client_secret,
-           provider.token_endpoint_auth_method)
+           provider.token_endpoint_auth_method, provider.client_private_key,
+           provider.client_key_id)
     session = sessions.get(key)
     if session is None:
         session = sessions[key] = new_session(provider)
@@ -126,15 +142,25 @@ def _token_session(provider: Provider) -> ProviderSession:
 
 
 def new_session(provider: Provider, **kwargs: Any) -> ProviderSession:
-    """A client authenticated as the provider's OAuth client (no token held)."""
-    return ProviderSession(
+    """A client authenticated as the provider's OAuth client (no token held).
+
+    With ``private_key_jwt`` the client's private key signs a client assertion for every
+    token and revocation request (the key stands where Authlib expects the secret).
+    """
+    private_key_jwt = provider.token_endpoint_auth_method == PRIVATE_KEY_JWT
+    session = ProviderSession(
         client_id=provider.client_id,
-        client_secret=provider.client_secret,
+        client_secret=(
+            assertions.client_key(provider) if private_key_jwt else provider.client_secret
+        ),
         token_endpoint_auth_method=provider.token_endpoint_auth_method,
         revocation_endpoint_auth_method=provider.token_endpoint_auth_method,
         default_timeout=provider_timeout(),
         **kwargs,
     )
+    if private_key_jwt:
+        session.register_client_auth_method(assertions.private_key_jwt(provider))
+    return session
 
 
 def exchange_api_key(

@@ -17,9 +17,16 @@ from urllib.parse import urlsplit
 
 from vault.config import ConfigError
 from vault.providers.limit_keys import check_limit_keys
+from vault.providers.signing_keys import (
+    JWT_BEARER,
+    KEY_SETTINGS,
+    PRIVATE_KEY_JWT,
+    check_signing_keys,
+)
 
 OAUTH_TYPES = ("oidc", "oauth2")
-PROVIDER_TYPES = (*OAUTH_TYPES, "api_key")
+SERVICE_ACCOUNT = "service_account"
+PROVIDER_TYPES = (*OAUTH_TYPES, "api_key", SERVICE_ACCOUNT)
 _KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -119,6 +126,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "check_auth": "bearer",
     },
     "api_key": {"type": "api_key", "fields": {"api_key": "API key"}},
+    # A Google Cloud service account: an admin uploads its JSON key file, and access tokens
+    # come from the JWT bearer grant signed with that key ("Using OAuth 2.0 for Server to
+    # Server Applications"); the scopes are the providers file's, the token URL the key
+    # file's token_uri when it names this one.
+    # https://developers.google.com/identity/protocols/oauth2/service-account
+    "google_service_account": {
+        "title": "Google service account",
+        "type": SERVICE_ACCOUNT,
+        "token_url": "https://oauth2.googleapis.com/token",
+    },
 }
 
 _ALLOWED_KEYS = {
@@ -128,6 +145,7 @@ _ALLOWED_KEYS = {
     "allowed_domains", "auto_create_role", "grant_type", "refresh_token_lifetime_days",
     "refresh_token_idle_days", "publishing_status", "client_secret_expires_at", "check_url",
     "check_auth",
+    *KEY_SETTINGS,
 }
 # The device authorization grant (RFC 8628, vault/oauth/device.py).
 _ALLOWED_KEYS |= {"flow", "device_authorization_url"}
@@ -135,13 +153,13 @@ _URL_KEYS = (
     "server_metadata_url", "authorize_url", "token_url", "userinfo_url", "revocation_endpoint",
     "check_url", "device_authorization_url",
 )
-_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+_AUTH_METHODS = ("client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT)
 AUTHORIZATION_CODE, CLIENT_CREDENTIALS = "authorization_code", "client_credentials"
-GRANT_TYPES = (AUTHORIZATION_CODE, CLIENT_CREDENTIALS)
 # How a person grants access at Connect: sent to the provider in this browser ("redirect"),
 # or given a code to enter on any device (RFC 8628, "device").
 REDIRECT_FLOW, DEVICE_FLOW = "redirect", "device"
 FLOWS = (REDIRECT_FLOW, DEVICE_FLOW)
+GRANT_TYPES = (AUTHORIZATION_CODE, CLIENT_CREDENTIALS, JWT_BEARER)
 
 
 @dataclass(frozen=True)
@@ -188,6 +206,16 @@ class Provider:
     # from discovery (``device_authorization_endpoint``) unless set here.
     flow: str = REDIRECT_FLOW
     device_authorization_url: str | None = None
+    # private_key_jwt client authentication (vault/providers/signing_keys.py): the client's
+    # PEM private key (a *_file setting is read into it at start-up) and its key id.
+    client_private_key: str | None = field(default=None, repr=False)
+    client_key_id: str | None = None
+    # grant_type = "jwt_bearer" (RFC 7523 section 2.1): the assertion's key and claims.
+    assertion_private_key: str | None = field(default=None, repr=False)
+    assertion_key_id: str | None = None
+    assertion_issuer: str | None = None
+    assertion_subject: str | None = None
+    assertion_audience: str | None = None
 
     @property
     def is_oauth(self) -> bool:
@@ -195,7 +223,15 @@ class Provider:
 
     @property
     def uses_client_credentials(self) -> bool:
-        return self.grant_type == CLIENT_CREDENTIALS
+        """Machine to machine: the app's own credentials (its client secret, or an assertion
+        signed with its key) get every token; no person consents in a browser."""
+        return self.grant_type in (CLIENT_CREDENTIALS, JWT_BEARER)
+
+    @property
+    def uses_jwt_bearer(self) -> bool:
+        """Tokens come from the JWT bearer grant: an ``oauth2`` provider with
+        ``grant_type = "jwt_bearer"``, or a service account (its key file is uploaded)."""
+        return self.grant_type == JWT_BEARER or self.type == SERVICE_ACCOUNT
 
     @property
     def uses_device_flow(self) -> bool:
@@ -277,14 +313,18 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         raise fail("grant_type: client_credentials is for OAuth providers (type oauth2 or oidc)")
     _check_flow(merged, provider_type, grant_type, fail)
     if provider_type in OAUTH_TYPES:
-        for required in ("client_id", "client_secret"):
+        # A private key, or the jwt_bearer grant's assertion, stands in for the secret.
+        needed = ("client_id",) if grant_type == JWT_BEARER else ("client_id", "client_secret")
+        if merged.get("token_endpoint_auth_method") == PRIVATE_KEY_JWT:
+            needed = ("client_id",)
+        for required in needed:
             if not merged.get(required):
                 raise fail(f"{required}: missing; OAuth providers need a client id and secret")
         if provider_type == "oidc" and not merged.get("server_metadata_url"):
             raise fail("server_metadata_url: missing; OIDC providers need their discovery URL")
         if provider_type == "oauth2":
             # No browser ever visits a client-credentials provider: its token URL is enough.
-            needed = ("token_url",) if grant_type == CLIENT_CREDENTIALS else (
+            needed = ("token_url",) if grant_type != AUTHORIZATION_CODE else (
                 "authorize_url", "token_url"
             )
             if merged.get("flow") == DEVICE_FLOW:
@@ -305,7 +345,10 @@ def _build_provider(path: Path, key: str, table: Any, environ: Mapping[str, str]
         raise fail("staff_login: only OpenID Connect providers can sign staff in")
     if merged.get("staff_login") and not merged["allowed_domains"]:
         raise fail("allowed_domains: staff_login needs at least one allowed e-mail domain")
+    if provider_type == SERVICE_ACCOUNT:
+        _check_service_account(merged, fail)
     check_limit_keys(merged, provider_type, OAUTH_TYPES, fail)
+    check_signing_keys(merged, provider_type, fail)
     return Provider(key=key, **merged)
 
 
@@ -330,6 +373,16 @@ def _check_flow(merged: dict[str, Any], provider_type: str, grant_type: str, fai
     if provider_type == "oauth2" and not merged.get("device_authorization_url"):
         raise fail("device_authorization_url: missing; plain OAuth 2.0 providers with "
                    'flow = "device" need it (OIDC ones may read it from discovery)')
+def _check_service_account(merged: dict[str, Any], fail) -> None:
+    """A service account: its token URL and scopes; the key itself is uploaded, not here."""
+    if not merged.get("token_url"):
+        raise fail("token_url: missing; a service account needs the token URL it signs for")
+    if not str(merged.get("scope") or "").split():
+        raise fail("scope: missing; list the scopes the service account may be given")
+    for name in ("client_id", "client_secret", "authorize_url", "server_metadata_url",
+                 "staff_login", "grant_type", "fields"):
+        if merged.get(name):
+            raise fail(f"{name}: not used by a service account (its key file is uploaded)")
 
 
 def _interpolate(value: Any, environ: Mapping[str, str], fail) -> Any:

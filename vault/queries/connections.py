@@ -123,7 +123,7 @@ class _Source:
             TokenKind.REFRESH: self.refresh,
             TokenKind.API_KEY: self.api_key,
             TokenKind.API_SECRET: self.api_secret,
-        })
+        }, fallback=StoredRows.correlated(Connection.__table__, Token.__table__))
         return renewable_clause(Connection.__table__, stored, now=NOW)
 
     def _health(self):

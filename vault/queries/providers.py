@@ -16,7 +16,10 @@ from vault.grants.limits import client_secret_expiry
 from vault.providers.registry import ProviderRegistry
 from vault.queries.connections import health_counts
 
-TYPE_LABELS = {"oidc": "OpenID Connect", "oauth2": "OAuth 2.0", "api_key": "API key"}
+TYPE_LABELS = {
+    "oidc": "OpenID Connect", "oauth2": "OAuth 2.0", "api_key": "API key",
+    "service_account": "Service account (JSON key file)",
+}
 
 
 @dataclass
@@ -49,7 +52,8 @@ def providers_overview(
             key=provider.key,
             title=provider.title,
             type_label=TYPE_LABELS.get(provider.type, provider.type)
-            + (" client credentials" if provider.uses_client_credentials else ""),
+            + (" client credentials" if provider.grant_type == "client_credentials" else "")
+            + (" JWT bearer" if provider.grant_type == "jwt_bearer" else ""),
             configured=True,
             is_oauth=provider.is_oauth,
             counts=counts.get(provider.key, Counter()),

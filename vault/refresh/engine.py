@@ -55,6 +55,7 @@ _CREDENTIAL_FIELDS = {
     "refresh_token": TokenKind.REFRESH,
     "api_key": TokenKind.API_KEY,
     "api_secret": TokenKind.API_SECRET,
+    "private_key": TokenKind.PRIVATE_KEY,
 }
 
 Actor = User | audit.StaffActor | str
@@ -231,10 +232,12 @@ class RefreshEngine:
                 field: token_vault.decrypt(tokens[kind.value])
                 for field, kind in _CREDENTIAL_FIELDS.items()
                 if kind.value in tokens
-            }
+            },
+            scope=connection.scopes_requested,  # a service account asks for these
         )
         used = rows.ciphertexts(tokens)
-        secrets = [v for v in vars(credentials).values() if v] + [provider.client_secret or ""]
+        secrets = [getattr(credentials, name) or "" for name in _CREDENTIAL_FIELDS]
+        secrets += [provider.client_secret or ""]
         answer: NewTokens | None = None
         failure: GrantRejected | ProviderFailure | None = None
         # On SQLite only the lease is held here: this session has no write transaction open.

@@ -32,7 +32,10 @@ from vault.models import Connection, RefreshLease, Token, TokenKind
 from vault.tokens.store import token_vault
 
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE raised when lock_timeout expires
-_REFRESHABLE_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET)
+_REFRESHABLE_KINDS = (
+    TokenKind.ACCESS, TokenKind.REFRESH, TokenKind.API_KEY, TokenKind.API_SECRET,
+    TokenKind.PRIVATE_KEY,  # a service account's key file signs its assertions
+)
 # What a refresh uses and replaces; a credential check compares every stored credential.
 REFRESH_KINDS = (TokenKind.ACCESS, TokenKind.REFRESH)
 CREDENTIAL_KINDS = _REFRESHABLE_KINDS

@@ -20,6 +20,7 @@ from vault.extensions import db
 from vault.grants import (
     ClientCredentialsGrant,
     Credentials,
+    JwtBearerGrant,
     NotRefreshable,
     StoredValues,
     grant_for,
@@ -229,13 +230,16 @@ def connect_client_credentials(provider: Provider, user: User) -> tuple[Connecti
     :class:`ConnectError` when the provider refuses or cannot be reached; nothing is stored.
     """
     now = utcnow()
+    # The client secret, or (grant_type = "jwt_bearer") an assertion signed with its key.
+    grant = JwtBearerGrant() if provider.uses_jwt_bearer else ClientCredentialsGrant()
     try:
-        answer = ClientCredentialsGrant().request(provider, Credentials(), now=now)
+        answer = grant.request(provider, Credentials(), now=now)
     except GrantRejected as error:
         reason = redact_known(str(error), [provider.client_secret])
+        what = "key" if provider.uses_jwt_bearer else "client id and secret"
         raise ConnectError(
-            f"{provider.title} refused the client credentials ({reason}); check the client id "
-            "and secret in the providers file. Nothing was stored."
+            f"{provider.title} refused the client credentials ({reason}); check the {what} "
+            "in the providers file. Nothing was stored."
         ) from None
     except ProviderFailure as error:
         reason = redact_known(str(error), [provider.client_secret])
@@ -247,8 +251,11 @@ def connect_client_credentials(provider: Provider, user: User) -> tuple[Connecti
         token["expires_in"] = round((answer.expires_at - now).total_seconds())
     if answer.scope is not None:
         token["scope"] = answer.scope
-    account = Account(subject=str(provider.client_id), email=None, name=f"{provider.title} client")
-    return record_grant(provider, token, account, user)
+    subject = provider.assertion_subject or provider.assertion_issuer or provider.client_id
+    account = Account(subject=str(subject), email=None, name=f"{provider.title} client")
+    connection, created = record_grant(provider, token, account, user)
+    connection.credential_key_id = provider.assertion_key_id
+    return connection, created
 
 
 def missing_scopes(connection: Connection, provider: Provider | None) -> list[str]:

@@ -20,6 +20,7 @@ from werkzeug.wrappers import Response
 from vault import audit
 from vault.crypto import DecryptionError
 from vault.extensions import csrf, db, limiter
+from vault.grants.kinds import describe
 from vault.models import Connection, Token, TokenKind, utcnow
 from vault.observability import metrics
 from vault.refresh.engine import ProviderUnavailable
@@ -264,7 +265,27 @@ def _connection_json(connection: Connection, expires_at: datetime | None) -> dic
         "last_error": connection.last_error,
         "reconnect_by": _iso(connection.reconnect_by),
         "reconnect_reason": connection.reconnect_reason,
+        **_credential_json(connection),
     }
+
+
+def _credential_json(connection: Connection) -> dict:
+    """``credential_kind`` and, for a key-based credential, ``credential_key`` (id, age)."""
+    provider = current_app.extensions["providers"].get(connection.provider)
+    if "vault_key_rows" not in g:
+        # One query for the request: when each service account's key file was stored.
+        rows = db.session.execute(
+            select(Token.connection_id, Token.created_at)
+            .where(Token.kind == TokenKind.PRIVATE_KEY.value)
+        )
+        g.vault_key_rows = {connection_id: added for connection_id, added in rows}
+    credential = describe(provider, connection.credential_key_id,
+                          g.vault_key_rows.get(connection.id))
+    key = None
+    if credential.key_id is not None:
+        key = {"id": credential.key_id, "added_at": _iso(credential.key_added_at),
+               "age_days": credential.key_age_days(utcnow())}
+    return {"credential_kind": credential.kind.value, "credential_key": key}
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -140,6 +140,25 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Why, in words: the rule or stated expiry that "
                             "sets reconnect_by, or why there is none.",
                         },
+                        "credential_kind": {
+                            "type": "string",
+                            "enum": ["person", "client_credentials", "service_account",
+                                     "device", "api_key", "unknown"],
+                            "description": "What kind of credential the connection is "
+                            "(unknown: its provider left the providers file).",
+                        },
+                        "credential_key": {
+                            "type": "object",
+                            "nullable": True,
+                            "description": "The private key a service account signs with "
+                            "(never the key itself); null for other kinds.",
+                            "required": ["id", "added_at", "age_days"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "added_at": NULLABLE_TIME,
+                                "age_days": {"type": "integer", "nullable": True},
+                            },
+                        },
                     },
                 },
                 "ConnectionList": {

@@ -26,7 +26,7 @@ from vault.extensions import db
 from vault.models import Connection, TokenKind
 from vault.oauth import identity
 from vault.oauth.clients import ProviderClient, connect_client, redirect_uri
-from vault.providers.registry import Provider
+from vault.providers.registry import SERVICE_ACCOUNT, Provider
 from vault.services import throttle
 from vault.services.connections import (
     ConnectError,
@@ -61,6 +61,8 @@ def _provider_or_404(key: str) -> Provider:
 def start(provider_key: str):
     """Send the admin to the provider's consent page (PKCE S256, state, nonce for OIDC)."""
     provider = _provider_or_404(provider_key)
+    if provider.type == SERVICE_ACCOUNT:
+        return redirect(url_for("service_accounts.add", provider_key=provider.key))
     if not provider.is_oauth:
         return redirect(url_for("connect.add_credentials_form", provider_key=provider.key))
     if provider.uses_client_credentials:
@@ -196,7 +198,9 @@ def _api_key_provider_or_404(key: str) -> Provider:
 @bp.route("/connect/<provider_key>/credentials", methods=["GET", "POST"])
 @admin_required
 def add_credentials_form(provider_key: str):
-    """Add credentials for an API-key provider."""
+    """Add credentials for an API-key provider (a service account's are a key file)."""
+    if _provider_or_404(provider_key).type == SERVICE_ACCOUNT:
+        return redirect(url_for("service_accounts.add", provider_key=provider_key))
     provider = _api_key_provider_or_404(provider_key)
     form = credentials_form(provider, replacing=False)
     if form.validate_on_submit():

@@ -12,6 +12,7 @@ from wtforms import EmailField, StringField, SubmitField
 from vault.crypto import DecryptionError
 from vault.extensions import db, limiter
 from vault.grants import StoredValues, due_at, grant_for
+from vault.grants.kinds import describe
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.queries.audit import connection_history
 from vault.queries.connections import (
@@ -102,7 +103,10 @@ def _detail_page(connection: Connection, details: DetailsForm | None = None, sta
             shown = mask(token_vault.decrypt(token))
         except DecryptionError:
             shown = None  # the page says "undecryptable" and renders the rest
+        if token.kind == TokenKind.PRIVATE_KEY.value and shown is not None:
+            shown = "key file"  # shown by its key id, never by any of its characters
         tokens.append((token, shown))
+    key_row = next((t for t in connection.tokens if t.kind == TokenKind.PRIVATE_KEY.value), None)
     kinds = {token.kind for token in connection.tokens}
     missing = missing_scopes(connection, provider)
     requested = connection.scopes_requested.split()
@@ -131,6 +135,9 @@ def _detail_page(connection: Connection, details: DetailsForm | None = None, sta
             owner=connection.owner_email, purpose=connection.purpose,
             tags=" ".join(ownership.current_tags(connection)),
         ),
+        credential=describe(provider, connection.credential_key_id,
+                            key_row.created_at if key_row is not None else None),
+        now=utcnow(),
     ), status
 
 

@@ -91,6 +91,20 @@ configuration.clients.push({
   redirect_uris: [],
   token_endpoint_auth_method: 'client_secret_basic',
 });
+// private_key_jwt (RFC 7523 section 2.2): with PRIVATE_KEY_JWT_CLIENT_ID set, a second client
+// that authenticates to the token, revocation and introspection endpoints with a client
+// assertion signed by its private key, checked against PRIVATE_KEY_JWT_JWKS (the public keys,
+// a JSON Web Key Set). It has no client secret at all.
+if (process.env.PRIVATE_KEY_JWT_CLIENT_ID) {
+  configuration.clients.push({
+    client_id: process.env.PRIVATE_KEY_JWT_CLIENT_ID,
+    redirect_uris: redirectUris,
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: JSON.parse(process.env.PRIVATE_KEY_JWT_JWKS),
+  });
+}
 
 const provider = new Provider(issuer, configuration);
 provider.use(async (ctx, next) => {
