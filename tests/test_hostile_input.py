@@ -162,6 +162,7 @@ def _valid_path(rule, ids: dict[str, int]) -> str:
         "token": "A" * 43,  # a reconnect link's token that matches no link
         "link_id": "1",
         "grant_id": "1",  # a device grant (issue 16) that does not exist
+        "email": "nobody@example.com",  # a person page (issue 14) with nothing to show
     }
     return PARAMETER.sub(lambda match: values[match[1]], rule.rule)
 
