@@ -25,6 +25,8 @@ from vault.models import (
     ConnectionConsumer,
     ConnectionTag,
     ServiceKey,
+    Token,
+    TokenKind,
     utcnow,
 )
 from vault.refresh import rows as refresh_rows
@@ -283,3 +285,17 @@ def test_the_fast_path_does_not_wait_for_a_refresh_holding_the_connection(vault_
         _db.session.rollback()
     worker.join()
     assert not waited_for_the_lock and answers == [200]
+
+
+@postgresql_only
+def test_an_undecryptable_token_is_answered_as_on_the_long_way(vault_app, db, client, stub):
+    connection_id = make_connection(stub, expires_in=3600)
+    key = new_key(db)
+    assert get(client, connection_id, key).status_code == 200
+    row = db.session.scalar(select(Token).where(Token.kind == TokenKind.ACCESS.value))
+    row.ciphertext = row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])
+    db.session.commit()
+    response = get(client, connection_id, key)
+    assert response.status_code == 500 and response.json["error"] == "undecryptable"
+    # The one difference (docs/architecture.md, "Token API"): the statement audited it.
+    assert len(handed_out_rows()) == 2

@@ -67,7 +67,10 @@ def authenticate_service_key() -> Response | None:
     if request.endpoint == "api.access_token" and not request.args:
         # A fresh token in one statement (PostgreSQL, a key this process knows): key check,
         # token row, audit row together. None: the long way below, unchanged.
-        handed = handout.hand_out_at_once(bearer, (request.view_args or {})["connection_id"])
+        try:
+            handed = handout.hand_out_at_once(bearer, (request.view_args or {})["connection_id"])
+        except DecryptionError:
+            handed = None  # the long way answers it as always: 500 undecryptable, logged
         if handed is not None:
             return _handed_out(*handed)
     # A valid key is never slowed down: the throttle is consulted for failures only.
