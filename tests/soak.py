@@ -238,6 +238,9 @@ def run(instances, worker, ids, keys, provider):
                   f" worker cycles: {cycles}")
             if provider.reused:
                 failures.append(f"{provider.reused} refresh token(s) presented twice")
+            if provider.refused:
+                failures.append(f"{provider.refused} refresh(es) with a token never issued or "
+                                "of a revoked grant")
         for problem, count in tally.problems.items():
             failures.append(f"{count} answer(s): {problem}")
         for (status, error), count in tally.statuses.items():
