@@ -92,8 +92,9 @@ def _statement(
     )
     touched = service_keys.touch_if_due(live_key).cte("touched")
     audited = audit.handed_out_from(ready, hourly=hourly).cte("audited")
-    consumed = service_keys.consumer_seen_from(ready).cte("consumed")
+    first_fetch, fetch_moved = service_keys.consumer_seen_from(ready)
     return (
         select(ready.c.ciphertext, ready.c.expires_at)
-        .add_cte(touched, audited, consumed)
+        .add_cte(touched, audited, first_fetch.cte("consumer_added"),
+                 fetch_moved.cte("consumer_moved"))
     )

@@ -256,16 +256,29 @@ def touch_if_due(key: CTE) -> Update:
     )
 
 
-def consumer_seen_from(source: CTE) -> postgresql.Insert:
-    """:func:`record_consumer` as one INSERT ... SELECT for the connection ``id`` of each row
-    of ``source`` (PostgreSQL), with the bound ``consumer_key_id``, ``now`` and
-    ``stale_before``: the same upsert, moving at most once a minute.
+def consumer_seen_from(source: CTE) -> tuple[postgresql.Insert, Update]:
+    """:func:`record_consumer` for the connection ``id`` of each row of ``source``
+    (PostgreSQL), with the bound ``consumer_key_id``, ``now`` and ``stale_before``, as two
+    statements for one statement's CTEs: the row created on the first fetch, and moved when
+    stale (:func:`_consumer_stale`, the upsert's own condition).
+
+    Unlike the upsert's DO UPDATE, which locks the existing row even when its WHERE is false,
+    neither touches a fresh row: concurrent hand-outs of one connection to one key do not
+    queue behind each other's commits.
     """
     now = bindparam("now", type_=_CONSUMERS.c.last_fetched_at.type)
-    seen = select(source.c.id, bindparam("consumer_key_id", type_=Integer), now, now)
-    return cast(postgresql.Insert, _consumer_upsert(postgresql.insert(_CONSUMERS).from_select(
-        ["connection_id", "service_key_id", "first_fetched_at", "last_fetched_at"], seen
-    )))
+    key_id = bindparam("consumer_key_id", type_=Integer)
+    first = postgresql.insert(_CONSUMERS).from_select(
+        ["connection_id", "service_key_id", "first_fetched_at", "last_fetched_at"],
+        select(source.c.id, key_id, now, now),
+    ).on_conflict_do_nothing(index_elements=["connection_id", "service_key_id"])
+    moved = (
+        update(_CONSUMERS)
+        .where(_CONSUMERS.c.connection_id.in_(select(source.c.id)),
+               _CONSUMERS.c.service_key_id == key_id, _consumer_stale())
+        .values(last_fetched_at=now)
+    )
+    return first, moved
 
 
 def record_consumer(key_id: int, connection_id: int) -> None:
@@ -336,6 +349,11 @@ def _touch(key_id: int, last_used_at: datetime | None) -> None:
     db.session.commit()
 
 
+def _consumer_stale() -> ColumnElement[bool]:
+    # A consumer row older than LAST_USED_RESOLUTION (bound stale_before) moves on.
+    return _CONSUMERS.c.last_fetched_at < bindparam("stale_before")
+
+
 def _consumer_upsert(
     insert: postgresql.Insert | sqlite.Insert,
 ) -> postgresql.Insert | sqlite.Insert:
@@ -343,7 +361,7 @@ def _consumer_upsert(
     return insert.on_conflict_do_update(
         index_elements=["connection_id", "service_key_id"],
         set_={"last_fetched_at": insert.excluded.last_fetched_at},
-        where=_CONSUMERS.c.last_fetched_at < bindparam("stale_before"),
+        where=_consumer_stale(),
     )
 
 
