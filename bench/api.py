@@ -210,8 +210,9 @@ def main() -> bool:
           + f"; median of the rounds' ratios {ratios:.0%}")
     labels = {"vault": "GET access-token (fresh token):", "bare": "bare endpoint, same key check: "}
     for side, (name, label) in enumerate(labels.items()):
-        p50 = statistics.median(r[side].p50 for r in rounds) * 1000
-        p99 = statistics.median(r[side].p99 for r in rounds) * 1000
+        served = [r[side] for r in rounds if r[side].rate] or [Round(0.0, 0.0, 0.0)]
+        p50 = statistics.median(r.p50 for r in served) * 1000
+        p99 = statistics.median(r.p99 for r in served) * 1000
         print(f"{label} {best[name]:8.0f} requests/s, p50 {p50:6.2f} ms, p99 {p99:6.2f} ms")
     print(f"access-token / bare: {share:6.0%} (target >= {TARGET:.0%})  {verdict(share >= TARGET)}")
     return share >= TARGET
