@@ -1,5 +1,5 @@
 # Token Vault. `make run` for a first run on a fresh machine (the web server and a worker;
-# one Ctrl-C stops both), `make test`, `make lint`, `make bench`.
+# one Ctrl-C stops both), `make test`, `make lint`, `make bench`, `make soak`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +7,7 @@ FLASK  := $(BIN)/flask --app app
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(VENV)/.runtime-installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench
+
+# Two gunicorn instances and the worker under 50 clients for SOAK_SECONDS (300); not in `test`.
+soak: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

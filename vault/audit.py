@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 
 from flask import current_app, has_request_context, request
 from flask_login import current_user
-from sqlalchemy import Table, insert
+from sqlalchemy import CTE, Insert, Table, bindparam, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from vault.extensions import db
@@ -22,13 +23,23 @@ from vault.redact import redact
 # and without RETURNING the new id, which nobody reads.
 _INSERT = insert(cast(Table, AuditEvent.__table__)).inline()
 _COUNTS = cast(Table, AuditHandoutCount.__table__)
-# VAULT_AUDIT_HANDOUTS=hourly: one more in the hour's row, created by the hour's first.
-_COUNT_ONE_MORE = {
-    backend.dialect.name: backend.insert(_COUNTS).on_conflict_do_update(
+
+
+def _one_more(
+    insert: postgresql.Insert | sqlite.Insert,
+) -> postgresql.Insert | sqlite.Insert:
+    # VAULT_AUDIT_HANDOUTS=hourly: one more in the hour's row, created by the hour's first.
+    return insert.on_conflict_do_update(
         index_elements=["actor", "connection_id", "hour"], set_={"count": _COUNTS.c.count + 1}
     )
-    for backend in (postgresql, sqlite)
+
+
+_COUNT_ONE_MORE = {
+    backend.dialect.name: _one_more(backend.insert(_COUNTS)) for backend in (postgresql, sqlite)
 }
+# The audit columns a hand-out's row takes from its request (handed_out_from's parameters).
+_HANDOUT_PARAMETERS = ("actor", "actor_user_id", "action", "client_address", "outcome", "detail",
+                       "request_id", "occurred_at")
 
 
 def record(
@@ -88,6 +99,38 @@ def handed_out(*, target: str, connection_id: int, actor: str) -> None:
         {"actor": actor, "connection_id": connection_id, "hour": hour, "target": target,
          "count": 1},
     )
+
+
+def handed_out_from(source: CTE, *, hourly: bool) -> Insert:
+    """:func:`handed_out` as one INSERT ... SELECT, for each row of ``source`` (PostgreSQL).
+
+    For a statement that hands a token out and audits it at once: ``source`` has the columns
+    ``id`` (the connection's) and ``provider`` (the target), and a row only for a token being
+    handed out. ``hourly``: VAULT_AUDIT_HANDOUTS=hourly's count instead of a row. Built once,
+    executed with :func:`handed_out_parameters`.
+    """
+    if hourly:
+        counted = select(bindparam("audit_actor", type_=_COUNTS.c.actor.type), source.c.id,
+                         bindparam("audit_hour", type_=_COUNTS.c.hour.type), source.c.provider,
+                         literal(1))
+        return _one_more(postgresql.insert(_COUNTS).from_select(
+            ["actor", "connection_id", "hour", "target", "count"], counted
+        ))
+    table = cast(Table, AuditEvent.__table__)
+    values = [bindparam(f"audit_{name}", type_=table.c[name].type) for name in _HANDOUT_PARAMETERS]
+    return insert(table).from_select(
+        [*_HANDOUT_PARAMETERS, "target", "connection_id"],
+        select(*values, source.c.provider, source.c.id),
+    )
+
+
+def handed_out_parameters(*, actor: str, now: datetime) -> dict:
+    """The parameters of :func:`handed_out_from`'s statement for this request and moment."""
+    values = _values("token.handed_out", None, None, "success", None, actor)
+    values["occurred_at"] = now
+    parameters = {f"audit_{name}": values[name] for name in _HANDOUT_PARAMETERS}
+    parameters["audit_hour"] = now.replace(minute=0, second=0, microsecond=0)
+    return parameters
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, exists, or_, select, true, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Integer,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from vault import audit
@@ -33,6 +48,12 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 _PUBLIC_PREFIX = re.compile(
     rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{{DISPLAY_PREFIX_LENGTH - len(KEY_PREFIX)}}}"
 )
+# Keys this process has authenticated, by hash (never the key itself): what the token API's
+# one-statement hand-out builds its statement from. Only a hint, never trusted: that statement
+# checks the key again (live_key_matches, same restrictions: still_as_known) and the request
+# takes the long way when it does not match. Bounded: emptied when full.
+_KNOWN_KEYS: dict[str, AuthenticatedKey] = {}
+KNOWN_KEYS_LIMIT = 1000
 
 
 class ServiceKeyError(ValueError):
@@ -137,7 +158,9 @@ def readable_by(providers: Sequence[str], tags: Sequence[str]) -> ColumnElement[
     return and_(true(), *conditions)
 
 
-def live_key_matches(key_hash: str, now: datetime) -> ColumnElement[bool]:
+def live_key_matches(
+    key_hash: str | ColumnElement[str], now: datetime | ColumnElement[datetime]
+) -> ColumnElement[bool]:
     """SQL condition on ``service_keys``: the key whose secret hashes to ``key_hash`` and works
     at ``now``.
 
@@ -175,9 +198,87 @@ def authenticate(presented: str | None) -> AuthenticatedKey | None:
     if row is None:
         return None
     _touch(row.id, row.last_used_at)
-    return AuthenticatedKey(
+    key = AuthenticatedKey(
         row.id, row.name, tuple(row.allowed_providers or ()), tuple(row.allowed_tags or ())
     )
+    if len(_KNOWN_KEYS) >= KNOWN_KEYS_LIMIT:
+        _KNOWN_KEYS.clear()
+    _KNOWN_KEYS[hash_key(presented)] = key
+    return key
+
+
+def known_key(presented: str | None) -> tuple[str, AuthenticatedKey] | None:
+    """The hash of ``presented`` and the key this process last authenticated with it, if any.
+
+    A hint for building a statement, not an authentication: see :func:`still_as_known`.
+    """
+    if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 200:
+        return None
+    key_hash = hash_key(presented)
+    key = _KNOWN_KEYS.get(key_hash)
+    return None if key is None else (key_hash, key)
+
+
+def still_as_known(key: AuthenticatedKey) -> ColumnElement[bool]:
+    """SQL condition on ``service_keys`` (PostgreSQL): ``key``'s row, with the name and
+    restrictions it had when this process authenticated it (so ``key.may_read()`` and its
+    audit actor still hold), and live (:func:`live_key_matches` on the bound parameters
+    ``presented_key_hash`` and ``now``): a key check for a statement built once per key.
+    """
+    def unchanged(column, values: tuple[str, ...]) -> ColumnElement[bool]:
+        stored = func.coalesce(column.cast(postgresql.JSONB), literal([], postgresql.JSONB))
+        return stored == literal(list(values), postgresql.JSONB)
+
+    return and_(
+        ServiceKey.id == key.id,
+        ServiceKey.name == key.name,
+        unchanged(ServiceKey.allowed_providers, key.allowed_providers),
+        unchanged(ServiceKey.allowed_tags, key.allowed_tags),
+        live_key_matches(bindparam("presented_key_hash"), bindparam("now")),
+    )
+
+
+def touch_if_due(key: CTE) -> Update:
+    """The UPDATE moving ``last_used_at`` of the key in ``key`` (a CTE with its ``id``) to the
+    bound ``now``, when :data:`LAST_USED_RESOLUTION` has passed (bound ``stale_before``).
+
+    :func:`authenticate`'s rule, for a statement that checks the key itself. The condition is
+    on the row, so concurrent requests re-check it after the first one's update: one wins.
+    """
+    return (
+        update(ServiceKey)
+        .where(
+            ServiceKey.id.in_(select(key.c.id)),
+            or_(ServiceKey.last_used_at.is_(None),
+                ServiceKey.last_used_at < bindparam("stale_before")),
+        )
+        .values(last_used_at=bindparam("now"))
+    )
+
+
+def consumer_seen_from(source: CTE) -> tuple[postgresql.Insert, Update]:
+    """:func:`record_consumer` for the connection ``id`` of each row of ``source``
+    (PostgreSQL), with the bound ``consumer_key_id``, ``now`` and ``stale_before``, as two
+    statements for one statement's CTEs: the row created on the first fetch, and moved when
+    stale (:func:`_consumer_stale`, the upsert's own condition).
+
+    Unlike the upsert's DO UPDATE, which locks the existing row even when its WHERE is false,
+    neither touches a fresh row: concurrent hand-outs of one connection to one key do not
+    queue behind each other's commits.
+    """
+    now = bindparam("now", type_=_CONSUMERS.c.last_fetched_at.type)
+    key_id = bindparam("consumer_key_id", type_=Integer)
+    first = postgresql.insert(_CONSUMERS).from_select(
+        ["connection_id", "service_key_id", "first_fetched_at", "last_fetched_at"],
+        select(source.c.id, key_id, now, now),
+    ).on_conflict_do_nothing(index_elements=["connection_id", "service_key_id"])
+    moved = (
+        update(_CONSUMERS)
+        .where(_CONSUMERS.c.connection_id.in_(select(source.c.id)),
+               _CONSUMERS.c.service_key_id == key_id, _consumer_stale())
+        .values(last_fetched_at=now)
+    )
+    return first, moved
 
 
 def record_consumer(key_id: int, connection_id: int) -> None:
@@ -248,6 +349,11 @@ def _touch(key_id: int, last_used_at: datetime | None) -> None:
     db.session.commit()
 
 
+def _consumer_stale() -> ColumnElement[bool]:
+    # A consumer row older than LAST_USED_RESOLUTION (bound stale_before) moves on.
+    return _CONSUMERS.c.last_fetched_at < bindparam("stale_before")
+
+
 def _consumer_upsert(
     insert: postgresql.Insert | sqlite.Insert,
 ) -> postgresql.Insert | sqlite.Insert:
@@ -255,7 +361,7 @@ def _consumer_upsert(
     return insert.on_conflict_do_update(
         index_elements=["connection_id", "service_key_id"],
         set_={"last_fetched_at": insert.excluded.last_fetched_at},
-        where=_CONSUMERS.c.last_fetched_at < bindparam("stale_before"),
+        where=_consumer_stale(),
     )
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, cast
 
 from flask import Flask, current_app
-from sqlalchemy import CursorResult, and_, bindparam, delete, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, bindparam, delete, or_, select, update
 
 from vault.crypto import DecryptionError, TokenCipher
 from vault.extensions import db
@@ -72,9 +72,30 @@ class AccessTokenRow:
     ciphertext: bytes | None
     is_valid: bool
     expires_at: datetime | None
+    # Whether the token can be handed out as it is (:func:`ready_to_hand_out`, decided in SQL).
+    ready: bool = False
 
 
 _connections, _tokens = Connection.__table__, Token.__table__
+
+
+def ready_to_hand_out() -> ColumnElement[bool]:
+    """SQL condition on a connection outer-joined with its access-token row: the token can be
+    handed out as it is, without a refresh or a check.
+
+    The connection is active and its access token valid, with an unknown expiry or one after
+    the bound parameter ``ready_after`` (now + the refresh buffer). The one place this is
+    decided: :meth:`TokenVault.ready_access_token` reads it, and the token API's one-statement
+    hand-out (``vault.services.handout``) hands out only the rows it admits.
+    """
+    return and_(
+        _connections.c.status == ConnectionStatus.ACTIVE.value,
+        _tokens.c.ciphertext.is_not(None),
+        _tokens.c.is_valid.is_(True),
+        or_(_tokens.c.expires_at.is_(None), _tokens.c.expires_at > bindparam("ready_after")),
+    )
+
+
 # The token API's hot path, built once: plain columns, so reading it makes no ORM objects.
 _ACCESS_TOKEN_ROW = (
     select(
@@ -84,6 +105,7 @@ _ACCESS_TOKEN_ROW = (
         _tokens.c.ciphertext,
         _tokens.c.is_valid,
         _tokens.c.expires_at,
+        ready_to_hand_out().label("ready"),
     )
     .select_from(
         _connections.outerjoin(
@@ -220,31 +242,43 @@ class TokenVault:
         """Decrypt one token row, checking it belongs to its connection and kind."""
         return self.cipher.decrypt(token.ciphertext, aad=token_aad(token.connection_id, token.kind))
 
-    def read_access_token_row(self, connection_id: int) -> AccessTokenRow | None:
-        """The connection and its access-token row in one query; None: no such connection."""
-        row = (
-            db.session.connection()
-            .execute(_ACCESS_TOKEN_ROW, {"connection_id": connection_id})
-            .one_or_none()
-        )
-        return None if row is None else AccessTokenRow(*row)
+    def read_access_token_row(
+        self, connection_id: int, buffer: timedelta | int | None = None
+    ) -> AccessTokenRow | None:
+        """The connection and its access-token row in one query; None: no such connection.
 
-    def ready_access_token(
-        self, row: AccessTokenRow, buffer: timedelta | int | None = None
-    ) -> AccessToken | None:
+        ``ready`` says whether the token can be handed out as it is, with ``buffer``
+        (default ``VAULT_REFRESH_BUFFER_SECONDS``) to spare.
+        """
+        parameters = {"connection_id": connection_id, "ready_after": self.ready_after(buffer)}
+        row = db.session.connection().execute(_ACCESS_TOKEN_ROW, parameters).one_or_none()
+        if row is None:
+            return None
+        return AccessTokenRow(row.id, row.provider, row.status, row.ciphertext, row.is_valid,
+                              row.expires_at, ready=bool(row.ready))
+
+    def ready_after(self, buffer: timedelta | int | None = None) -> datetime:
+        """The ``ready_after`` parameter of :func:`ready_to_hand_out`: now + the buffer."""
+        return self.clock() + self._buffer(buffer)
+
+    def ready_access_token(self, row: AccessTokenRow) -> AccessToken | None:
         """``row``'s token when it can be handed out as it is, without a refresh or a check.
 
         None when anything needs :meth:`get_access_token`'s full treatment: a connection
-        that is not active, no valid access token, or one expiring within ``buffer``.
+        that is not active, no valid access token, or one expiring within the buffer
+        (``row.ready``, decided in SQL by :func:`ready_to_hand_out`).
         """
-        if row.status != ConnectionStatus.ACTIVE.value or row.ciphertext is None:
+        if not row.ready or row.ciphertext is None:
             return None
-        if not row.is_valid or self._due(row.expires_at, self._buffer(buffer)):
-            return None
-        value = self.cipher.decrypt(
-            row.ciphertext, aad=token_aad(row.connection_id, TokenKind.ACCESS.value)
-        )
-        return AccessToken(value=value, token_type="Bearer", expires_at=row.expires_at)
+        return self.access_token(row.connection_id, row.ciphertext, row.expires_at)
+
+    def access_token(
+        self, connection_id: int, ciphertext: bytes, expires_at: datetime | None
+    ) -> AccessToken:
+        """Decrypt a connection's access-token ciphertext, read without the ORM, to hand out."""
+        aad = token_aad(connection_id, TokenKind.ACCESS.value)
+        value = self.cipher.decrypt(ciphertext, aad=aad)
+        return AccessToken(value=value, token_type="Bearer", expires_at=expires_at)
 
     def get_access_token(
         self,
