@@ -244,8 +244,8 @@ def test_an_id_that_cannot_exist_is_not_found_on_every_connection_route(
     token = csrf_token(admin_client, "/")
     routes = [rule for rule in app.url_map.iter_rules() if "<int:connection_id>" in rule.rule]
     # detail, refresh, check, reconnect-link, disconnect, credentials, API, details; the people
-    # page's transfer, reconnect-link and disconnect
-    assert len(routes) == 11
+    # page's transfer, reconnect-link and disconnect; a service account's key replacement
+    assert len(routes) == 12
     for rule in routes:
         path = rule.rule.replace("<int:connection_id>", raw_id)
         path = path.replace("<email>", "admin@example.com")

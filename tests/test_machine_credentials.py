@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -139,18 +138,19 @@ def test_one_function_names_every_credential_kind(tmp_path):
                              'token_url = "https://t.example/token"\ngrant_type = "jwt_bearer"\n'
                              'assertion_private_key = "${K}"\nassertion_key_id = "k9"\n\n'
                              f'[sa]\npreset = "google_service_account"\nscope = "{SCOPES[0]}"\n\n'
-                             '[vc]\npreset = "voicenter"\n', environ={"K": rsa_pem()})
-    kinds = {key: credential_kind(registry.get(key)) for key in ("idp", "cc", "jb", "sa", "vc")}
+                             '[vc]\npreset = "voicenter"\n\n'
+                             '[dev]\ntype = "oauth2"\nclient_id = "c"\nclient_secret = "s"\n'
+                             'token_url = "https://t.example/token"\nflow = "device"\n'
+                             'device_authorization_url = "https://t.example/device"\n',
+                             environ={"K": rsa_pem()})
+    keys = ("idp", "cc", "jb", "sa", "vc", "dev")
+    kinds = {key: credential_kind(registry.get(key)) for key in keys}
     assert kinds == {
         "idp": CredentialKind.PERSON, "cc": CredentialKind.CLIENT_CREDENTIALS,
         "jb": CredentialKind.SERVICE_ACCOUNT, "sa": CredentialKind.SERVICE_ACCOUNT,
-        "vc": CredentialKind.API_KEY,
+        "vc": CredentialKind.API_KEY, "dev": CredentialKind.DEVICE,
     }
     assert credential_kind(None) is CredentialKind.UNKNOWN
-    # Part B's providers carry flow = "device"; the kind is one more branch.
-    device = SimpleNamespace(type="oidc", uses_jwt_bearer=False, uses_client_credentials=False,
-                             flow="device")
-    assert credential_kind(device) is CredentialKind.DEVICE  # type: ignore[arg-type]
     now = utcnow()
     described = describe(registry.get("sa"), "abc", now - timedelta(days=3, hours=1))
     assert (described.label, described.key_id, described.key_age_days(now)) == (
