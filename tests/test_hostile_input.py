@@ -241,7 +241,8 @@ def test_an_id_that_cannot_exist_is_not_found_on_every_connection_route(
     db.session.commit()
     token = csrf_token(admin_client, "/")
     routes = [rule for rule in app.url_map.iter_rules() if "<int:connection_id>" in rule.rule]
-    assert len(routes) == 7  # detail, refresh, check, reconnect-link, disconnect, credentials, API
+    # detail, refresh, check, reconnect-link, disconnect, credentials, API, service-account key
+    assert len(routes) == 8
     for rule in routes:
         path = rule.rule.replace("<int:connection_id>", raw_id)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
