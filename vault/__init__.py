@@ -158,6 +158,8 @@ def register_blueprints(app: Flask) -> None:
         metrics,
         providers,
         reconnect,
+        service_keys,
+        users,
     )
     from vault.web.filters import init_filters
 
@@ -171,6 +173,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(reconnect.bp)
     app.register_blueprint(alerts.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(service_keys.bp)
+    app.register_blueprint(users.bp)
     init_filters(app)
 
 
