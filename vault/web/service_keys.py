@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, SelectField, SelectMultipleField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from vault.extensions import db
@@ -37,7 +38,7 @@ _TAG_SEPARATORS = re.compile(r"[,\s]+")
 
 class CreateKeyForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=100)])
-    providers = SelectMultipleField("Providers", choices=[])
+    providers = SelectMultipleField("Providers")  # choices: the providers file's
     tags = StringField("Tags", validators=[Optional(), Length(max=400)])
     expires_days = IntegerField(
         "Expires after (days)", validators=[Optional(), NumberRange(1, MAX_DAYS)]
@@ -45,8 +46,10 @@ class CreateKeyForm(FlaskForm):
 
 
 class RotateForm(FlaskForm):
-    overlap_hours = SelectField("Old key keeps working for", coerce=int,
-                                choices=OVERLAP_CHOICES, default=24)
+    overlap_hours = SelectField(
+        "Old key keeps working for", coerce=int, default=24,
+        choices=[SelectChoice(str(hours), label) for hours, label in OVERLAP_CHOICES],
+    )
 
 
 class ExpiryForm(FlaskForm):
@@ -161,6 +164,7 @@ def _detail(row: ServiceKey, *, rotate_form: RotateForm | None = None,
         "service_keys/detail.html", row=row, state=key_state(row, now),
         consumers=consumers_of(row.id), rotate_form=rotate_form or RotateForm(),
         expiry_form=expiry_form or ExpiryForm(), confirm_form=ConfirmForm(), now=now,
+        overlap_choices=OVERLAP_CHOICES,
     ), status
 
 

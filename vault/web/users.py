@@ -14,6 +14,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from wtforms import EmailField, RadioField, SelectField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
 from vault import audit
@@ -33,14 +34,18 @@ SIGN_IN_CHOICES = [
 ]
 
 
+def _choices(pairs: list[tuple[str, str]]) -> list[SelectChoice]:
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
 class CreateUserForm(FlaskForm):
     email = EmailField("E-mail", validators=[DataRequired(), Length(max=320)])
-    role = SelectField("Role", choices=ROLE_CHOICES, default=Role.VIEWER.value)
-    sign_in = RadioField("Signs in with", choices=SIGN_IN_CHOICES, default="password")
+    role = SelectField("Role", choices=_choices(ROLE_CHOICES), default=Role.VIEWER.value)
+    sign_in = RadioField("Signs in with", choices=_choices(SIGN_IN_CHOICES), default="password")
 
 
 class RoleForm(FlaskForm):
-    role = SelectField("Role", choices=ROLE_CHOICES)
+    role = SelectField("Role", choices=_choices(ROLE_CHOICES))
 
 
 class ConfirmForm(FlaskForm):
@@ -135,5 +140,6 @@ def _set_enabled(user: User, *, enabled: bool) -> bool:
 def _index(form: CreateUserForm, status: int = 200) -> ResponseReturnValue:
     return render_template(
         "users/index.html", rows=list_staff(), form=form, role_choices=ROLE_CHOICES,
+        sign_in_choices=SIGN_IN_CHOICES,
         people_path=people_path,
     ), status
