@@ -161,6 +161,8 @@ def _valid_path(rule, ids: dict[str, int]) -> str:
         "filename": "css/app.css",
         "token": "A" * 43,  # a reconnect link's token that matches no link
         "link_id": "1",
+        "key_id": "1",
+        "user_id": "1",
     }
     return PARAMETER.sub(lambda match: values[match[1]], rule.rule)
 
