@@ -163,6 +163,8 @@ def _valid_path(rule, ids: dict[str, int]) -> str:
         "link_id": "1",
         "grant_id": "1",  # a device grant (issue 16) that does not exist
         "email": "nobody@example.com",  # a person page (issue 14) with nothing to show
+        "key_id": "1",
+        "user_id": "1",
     }
     return PARAMETER.sub(lambda match: values[match[1]], rule.rule)
 

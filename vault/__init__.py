@@ -161,6 +161,8 @@ def register_blueprints(app: Flask) -> None:
         providers,
         reconnect,
         service_accounts,
+        service_keys,
+        users,
     )
     from vault.web.filters import init_filters
 
@@ -177,6 +179,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(device.bp)
     app.register_blueprint(people.bp)
     app.register_blueprint(service_accounts.bp)
+    app.register_blueprint(service_keys.bp)
+    app.register_blueprint(users.bp)
     init_filters(app)
 
 

@@ -35,8 +35,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from vault import audit
 from vault.extensions import db
-from vault.models import Connection, ConnectionConsumer, ConnectionTag, ServiceKey, utcnow
+from vault.models import Connection, ConnectionConsumer, ConnectionTag, ServiceKey, User, utcnow
 from vault.services import throttle
+from vault.services.ownership import OwnershipError, tags_of
 
 KEY_PREFIX = "tvk_"
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
@@ -44,6 +45,12 @@ DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 # would add a row update to each token hand-out, so it moves at most once a minute. The same
 # holds for a consumer's last fetch (connection_consumers).
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# How long a rotated key's previous secret keeps working unless told otherwise, and at most.
+DEFAULT_OVERLAP = timedelta(hours=24)
+MAX_OVERLAP = timedelta(days=30)
+# An expiry is given in whole days: at least one, at most ten years.
+MIN_LIFETIME = timedelta(days=1)
+MAX_LIFETIME = timedelta(days=3650)
 # What a key's public prefix may look like: anything else presented is not shown in the audit.
 _PUBLIC_PREFIX = re.compile(
     rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{{DISPLAY_PREFIX_LENGTH - len(KEY_PREFIX)}}}"
@@ -101,9 +108,20 @@ def hash_key(key: str) -> str:
 
 
 def create_key(
-    name: str, providers: list[str], known_providers: set[str], *, actor: str = "cli"
+    name: str,
+    providers: list[str],
+    known_providers: set[str],
+    *,
+    tags: Sequence[str] = (),
+    expires_in: timedelta | None = None,
+    actor: User | str = "cli",
 ) -> tuple[ServiceKey, str]:
-    """Create a key named ``name`` (audited, not committed); returns the row and the key."""
+    """Create a key named ``name`` (audited, not committed); returns the row and the key.
+
+    ``tags`` restrict it to connections carrying one of them (normalised by
+    :func:`~vault.services.ownership.tags_of`); ``expires_in`` ends it that long from
+    now. ``actor`` (a user or ``cli``) is recorded as its creator.
+    """
     name = name.strip()
     if not name or len(name) > 100 or not name.isprintable():
         raise ServiceKeyError("the name must be 1 to 100 printable characters")
@@ -113,17 +131,25 @@ def create_key(
     if unknown:
         configured = ", ".join(sorted(known_providers)) or "none"
         raise ServiceKeyError(f"unknown provider {unknown[0]!r}; configured: {configured}")
+    try:
+        allowed_tags = tags_of(tags)
+    except OwnershipError as error:
+        raise ServiceKeyError(str(error)) from None
+    now = utcnow()
     key = generate_key()
     row = ServiceKey(
         name=name,
         key_prefix=key[:DISPLAY_PREFIX_LENGTH],
         key_hash=hash_key(key),
         allowed_providers=sorted(set(providers)),
+        allowed_tags=allowed_tags,
+        created_at=now,
+        created_by=actor if isinstance(actor, str) else actor.email,
+        expires_at=_expiry(now, expires_in),
     )
     db.session.add(row)
     db.session.flush()
-    scope = ", ".join(row.allowed_providers) or "all providers"
-    audit.record("service_key.created", target=name, actor=actor, detail=f"providers: {scope}")
+    audit.record("service_key.created", target=name, actor=actor, detail=_describe(row))
     return row, key
 
 
@@ -132,16 +158,82 @@ def list_keys() -> list[ServiceKey]:
     return list(db.session.scalars(select(ServiceKey).order_by(ServiceKey.name)))
 
 
-def revoke_key(name: str, *, actor: str = "cli") -> ServiceKey:
-    """Revoke the key named ``name`` (audited, not committed); revoking twice is an error."""
-    row = db.session.scalar(select(ServiceKey).where(ServiceKey.name == name))
-    if row is None:
-        raise ServiceKeyError(f"no service key is named {name!r}")
+def revoke_key(name: str, *, actor: User | str = "cli") -> ServiceKey:
+    """Revoke the key named ``name`` (audited, not committed); revoking twice is an error.
+
+    Both its secrets stop at once, the previous one of a rotation included.
+    """
+    row = _named(name)
     if row.revoked_at is not None:
         raise ServiceKeyError(f"service key {name!r} was revoked already")
     row.revoked_at = utcnow()
     audit.record("service_key.revoked", target=name, actor=actor)
     return row
+
+
+def rotate_key(
+    name: str, overlap: timedelta = DEFAULT_OVERLAP, *, actor: User | str = "cli"
+) -> tuple[ServiceKey, str]:
+    """Give the key named ``name`` a new secret (audited, not committed); returns it.
+
+    The key keeps its name, restrictions, expiry and consumers. Its current secret becomes the
+    previous one and keeps working for ``overlap`` (zero: it stops now); a secret that was
+    already the previous one (a second rotation inside an overlap) stops at once.
+    """
+    if not timedelta(0) <= overlap <= MAX_OVERLAP:
+        most = int(MAX_OVERLAP.total_seconds() // 3600)
+        raise ServiceKeyError(f"the overlap must be 0 to {most} hours")
+    row = _named(name)
+    now = utcnow()
+    if row.revoked_at is not None:
+        raise ServiceKeyError(f"service key {name!r} is revoked; create a new one instead")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise ServiceKeyError(f"service key {name!r} has expired; change its expiry first")
+    key = generate_key()
+    row.previous_key_prefix, row.previous_key_hash = row.key_prefix, row.key_hash
+    row.previous_key_expires_at = now + overlap
+    row.key_prefix, row.key_hash = key[:DISPLAY_PREFIX_LENGTH], hash_key(key)
+    row.rotated_at = now
+    hours = overlap.total_seconds() / 3600
+    audit.record(
+        "service_key.rotated", target=name, actor=actor,
+        detail=f"previous secret {row.previous_key_prefix}… works for {hours:g} more hours",
+    )
+    return row, key
+
+
+def set_expiry(name: str, expires_in: timedelta | None, *, actor: User | str = "cli") -> ServiceKey:
+    """End the key named ``name`` ``expires_in`` from now, or never (None); audited."""
+    row = _named(name)
+    if row.revoked_at is not None:
+        raise ServiceKeyError(f"service key {name!r} is revoked")
+    row.expires_at = _expiry(utcnow(), expires_in)
+    when = row.expires_at.strftime("%Y-%m-%d %H:%M UTC") if row.expires_at else "never"
+    audit.record("service_key.expiry_changed", target=name, actor=actor, detail=f"expires {when}")
+    return row
+
+
+def _named(name: str) -> ServiceKey:
+    row = db.session.scalar(select(ServiceKey).where(ServiceKey.name == name))
+    if row is None:
+        raise ServiceKeyError(f"no service key is named {name!r}")
+    return row
+
+
+def _expiry(now: datetime, expires_in: timedelta | None) -> datetime | None:
+    if expires_in is None:
+        return None
+    if not MIN_LIFETIME <= expires_in <= MAX_LIFETIME:
+        raise ServiceKeyError(f"the expiry must be 1 to {MAX_LIFETIME.days} days from now")
+    return now + expires_in
+
+
+def _describe(row: ServiceKey) -> str:
+    # The audit detail: restrictions and expiry, never a secret.
+    providers = ", ".join(row.allowed_providers) or "all providers"
+    tags = ", ".join(row.allowed_tags) or "any"
+    expiry = row.expires_at.strftime("%Y-%m-%d %H:%M UTC") if row.expires_at else "never"
+    return f"providers: {providers}; tags: {tags}; expires: {expiry}"
 
 
 def readable_by(providers: Sequence[str], tags: Sequence[str]) -> ColumnElement[bool]:

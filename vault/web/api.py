@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
-from sqlalchemy import and_, select
+from sqlalchemy import Select, and_, exists, select
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
@@ -21,10 +21,11 @@ from vault import audit
 from vault.crypto import DecryptionError
 from vault.extensions import csrf, db, limiter
 from vault.grants.kinds import describe
-from vault.models import Connection, Token, TokenKind, utcnow
+from vault.models import Connection, ConnectionTag, Token, TokenKind, utcnow
 from vault.observability import metrics
 from vault.refresh.engine import ProviderUnavailable
-from vault.services import handout, service_keys
+from vault.services import accounts, handout, service_keys
+from vault.services.ownership import OwnershipError, tags_of
 from vault.tokens.store import AccessToken, NeedsReconnect, TokenUnavailable, token_vault
 from vault.web.api_spec import openapi_document
 from vault.web.errors import DATABASE_RETRY_AFTER_SECONDS, DATABASE_UNAVAILABLE
@@ -42,7 +43,7 @@ def _is_service_api_request() -> bool:
 
 PROVIDER_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 OPEN_ENDPOINTS = frozenset({"api.openapi"})
-QUERY_PARAMETERS = {"api.list_connections": {"provider"}, "api.access_token": set()}
+QUERY_PARAMETERS = {"api.list_connections": {"provider", "tag", "owner"}, "api.access_token": set()}
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Flask's automatic OPTIONS answer would list the catch-all route's methods in Allow too;
 # the catch-all answers OPTIONS instead, with the methods the path really supports.
@@ -120,8 +121,38 @@ def openapi():
 
 @bp.get("/connections", **READ_ONLY)
 def list_connections() -> Response:
-    """Connections this key may read, without any secret; ``?provider=KEY`` filters."""
+    """Connections this key may read, without any secret; ``?provider=``, ``?tag=`` and
+    ``?owner=`` narrow them (all must match)."""
     key: service_keys.AuthenticatedKey = g.service_key
+    conditions = [key.may_read()]
+    provider = request.args.get("provider")
+    if provider is not None:
+        if not PROVIDER_KEY.match(provider):
+            return _error(400, "invalid_provider", "provider must be a provider key")
+        if not key.allows(provider):
+            return _error(403, "forbidden", "this key may not read that provider's connections")
+        conditions.append(Connection.provider == provider)
+    if "tag" in request.args:
+        # Not an error for a tag-restricted key either: the filter only narrows what the key
+        # may read, so a tag outside the key's tags lists the connections carrying both.
+        values = request.args.getlist("tag")
+        try:
+            tags = tags_of(values)
+        except OwnershipError:
+            tags = []
+        if len(values) != 1 or len(tags) != 1:
+            return _error(400, "invalid_tag", "tag must be one tag: 1 to 32 lower-case letters, "
+                          "digits, '-' or '_'")
+        conditions.append(exists().where(
+            ConnectionTag.connection_id == Connection.id, ConnectionTag.tag == tags[0]
+        ))
+    owner = request.args.get("owner")
+    if owner is not None:
+        try:
+            owner = accounts.checked_email(owner)
+        except accounts.AccountError:
+            return _error(400, "invalid_owner", "owner must be an e-mail address")
+        conditions.append(Connection.owner_email == owner)
     access = Token.__table__.alias("access")
     statement = (
         select(Connection, access.c.expires_at)
@@ -129,18 +160,26 @@ def list_connections() -> Response:
             access,
             and_(access.c.connection_id == Connection.id, access.c.kind == TokenKind.ACCESS.value),
         )
-        .where(key.may_read())
+        .where(*conditions)
         .order_by(Connection.id)
     )
-    provider = request.args.get("provider")
-    if provider is not None:
-        if not PROVIDER_KEY.match(provider):
-            return _error(400, "invalid_provider", "provider must be a provider key")
-        if not key.allows(provider):
-            return _error(403, "forbidden", "this key may not read that provider's connections")
-        statement = statement.where(Connection.provider == provider)
     rows = db.session.execute(statement).all()
-    return jsonify(connections=[_connection_json(c, expires_at) for c, expires_at in rows])
+    tagged = _tags_of(select(Connection.id).where(*conditions)) if rows else {}
+    return jsonify(connections=[
+        _connection_json(c, expires_at, tagged.get(c.id, [])) for c, expires_at in rows
+    ])
+
+
+def _tags_of(connection_ids: Select) -> dict[int, list[str]]:
+    # One query for the tags of every listed connection, sorted, never one per connection.
+    found: dict[int, list[str]] = {}
+    for connection_id, tag in db.session.execute(
+        select(ConnectionTag.connection_id, ConnectionTag.tag)
+        .where(ConnectionTag.connection_id.in_(connection_ids))
+        .order_by(ConnectionTag.connection_id, ConnectionTag.tag)
+    ):
+        found.setdefault(connection_id, []).append(tag)
+    return found
 
 
 @bp.get("/connections/<int:connection_id>/access-token", **READ_ONLY)
@@ -266,7 +305,9 @@ def _slug(name: str) -> str:
     return name.lower().replace(" ", "_")
 
 
-def _connection_json(connection: Connection, expires_at: datetime | None) -> dict:
+def _connection_json(
+    connection: Connection, expires_at: datetime | None, tags: list[str]
+) -> dict:
     return {
         "id": connection.id,
         "provider": connection.provider,
@@ -281,6 +322,9 @@ def _connection_json(connection: Connection, expires_at: datetime | None) -> dic
         "reconnect_by": _iso(connection.reconnect_by),
         "reconnect_reason": connection.reconnect_reason,
         **_credential_json(connection),
+        "owner": connection.owner_email,
+        "purpose": connection.purpose,
+        "tags": tags,
     }
 
 

@@ -16,7 +16,10 @@ def _json(schema_ref: str, description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     descriptions = {
-        400: "A parameter is malformed or unknown.",
+        400: (
+            "A parameter is malformed or unknown (errors `unknown_parameter`, "
+            "`invalid_provider`, `invalid_tag`, `invalid_owner`)."
+        ),
         401: "No, an unknown or a revoked service key.",
         403: "The key may not read this provider's connections.",
         404: "No such connection, or one of a provider the key may not read.",
@@ -57,6 +60,24 @@ def openapi_document() -> dict[str, Any]:
         "description": "Only connections of this provider (a key from the providers file).",
         "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"},
     }
+    tag = {
+        "name": "tag",
+        "in": "query",
+        "required": False,
+        "description": (
+            "Only connections carrying this tag (lower-cased). For a tag-restricted key it "
+            "narrows what the key may read: a tag outside the key's tags lists only the "
+            "connections carrying both, often none, never an error."
+        ),
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"},
+    }
+    owner = {
+        "name": "owner",
+        "in": "query",
+        "required": False,
+        "description": "Only connections owned by this e-mail address (case-insensitive).",
+        "schema": {"type": "string", "format": "email", "maxLength": 320},
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -75,7 +96,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "listConnections",
                     "summary": "Connections this key may read (no secrets).",
-                    "parameters": [provider],
+                    "parameters": [provider, tag, owner],
                     "responses": {
                         "200": _json("ConnectionList", "The connections, by id."),
                         **_errors(400, 401, 403, 429),
@@ -113,7 +134,7 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "Connection": {
                     "type": "object",
-                    "required": ["id", "provider", "account_subject", "status", "scopes"],
+                    "required": ["id", "provider", "account_subject", "status", "scopes", "tags"],
                     "properties": {
                         "id": {"type": "integer"},
                         "provider": {"type": "string"},
@@ -158,6 +179,23 @@ def openapi_document() -> dict[str, Any]:
                                 "added_at": NULLABLE_TIME,
                                 "age_days": {"type": "integer", "nullable": True},
                             },
+                        },
+                        "owner": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "The e-mail address (lower-case) of the person "
+                            "who answers for this connection; null when nobody is recorded.",
+                        },
+                        "purpose": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "What the connection is for, in a sentence.",
+                        },
+                        "tags": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Its tags, sorted; service keys may be restricted "
+                            "to tags.",
                         },
                     },
                 },
