@@ -70,7 +70,7 @@ def requests_of_every_route(app):
     values = {"connection_id": "1", "provider_key": "acme", "key": "idp", "path": "x",
               "filename": "css/app.css", "token": "A" * 43, "link_id": "1",
               "grant_id": "1",  # a device grant (issue 16) that does not exist
-              "email": "someone@example.com"}
+              "email": "someone@example.com", "key_id": "1", "user_id": "1"}
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: values[m[1]], rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
