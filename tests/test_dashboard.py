@@ -15,7 +15,8 @@ from sqlalchemy import update
 from tests.support.builders import post_form
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token, utcnow
-from vault.queries.connections import Health, health_counts
+from vault.queries.connections import Health
+from vault.queries.counts import health_counts
 from vault.tokens.store import token_vault
 from vault.web.filters import format_relative
 

@@ -627,3 +627,24 @@ class DeliveryAttempt(Base):
 
     def __repr__(self) -> str:
         return f"<DeliveryAttempt {self.id} {self.channel} ok={self.ok}>"
+
+
+class ConnectionCount(Base):
+    """How many connections there are per provider, status and failing or not.
+
+    Kept exact by database triggers on ``connections`` (vault/count_triggers.py), in the
+    transaction that moves a connection; the pages read these few rows instead of counting.
+    """
+
+    __tablename__ = "connection_counts"
+
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    failing: Mapped[bool] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# The triggers need both tables; create_all runs them last.
+from vault import count_triggers  # noqa: E402
+
+count_triggers.attach(Base.metadata)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -197,38 +196,6 @@ def positive_int(value: Any, default: int | None = None) -> int | None:
     except (TypeError, ValueError):
         return default
     return number if 0 < number < 2**31 else default
-
-
-# -- counts by health --------------------------------------------------------------------
-
-
-def health_counts(now: datetime | None = None) -> dict[str, Counter]:
-    """Connections counted by provider and health value (a string), in one grouped query."""
-    counts: dict[str, Counter] = {}
-    for provider, health, number in db.session.execute(_counts_statement(), at(now)):
-        counts.setdefault(provider, Counter())[health] = number
-    return counts
-
-
-@functools.cache
-def _counts_statement():
-    source = health_source()
-    inner = (
-        select(Connection.provider.label("provider"), source.health.label("health"))
-        .select_from(source.from_)
-        .subquery()
-    )
-    return select(inner.c.provider, inner.c.health, func.count()).group_by(
-        inner.c.provider, inner.c.health
-    )
-
-
-def health_totals(now: datetime | None = None) -> Counter:
-    """Connections counted by health over all providers."""
-    totals: Counter = Counter()
-    for counts in health_counts(now).values():
-        totals.update(counts)
-    return totals
 
 
 # -- connections list --------------------------------------------------------------------
