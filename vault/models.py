@@ -146,6 +146,18 @@ class Connection(TimestampMixin, Base):
         CheckConstraint(_one_of("status", ConnectionStatus), name="status"),
         Index(None, "status", "next_refresh_at"),
         Index(None, "provider", "status"),
+        # The connections list pages through these (soonest expiry first, the default), and
+        # the pages' time split of the counts is one range of the second.
+        Index(None, "expires_at", "id"),
+        Index(None, "status", "failure_count", "expires_at"),
+        # Search by the start of an e-mail, name or subject, whatever the case (PostgreSQL;
+        # SQLite scans).
+        *(
+            Index(f"ix_connections_lower_{column}", text(f"lower({column})"),
+                  postgresql_ops={f"lower({column})": "text_pattern_ops"}).ddl_if(
+                      dialect="postgresql")
+            for column in ("account_email", "account_name", "account_subject")
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -185,6 +197,9 @@ class Connection(TimestampMixin, Base):
     # person who connected it by default) and what it is for, in a sentence.
     owner_email: Mapped[str | None] = mapped_column(String(320), index=True)
     purpose: Mapped[str | None] = mapped_column(String(500))
+    # The expiry the pages show: the access token's, else the API key's. Copied from
+    # tokens.expires_at by database triggers (vault/count_triggers.py), never written here.
+    expires_at: Mapped[datetime | None]
 
     created_by: Mapped[User | None] = relationship()
     tokens: Mapped[list[Token]] = relationship(

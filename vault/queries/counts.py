@@ -8,8 +8,8 @@ A connection's health (:class:`~vault.queries.connections.Health`) has two parts
   connection (:mod:`vault.count_triggers`); reading them is a few rows whatever the size.
 * how the usable ones split by time: *Expiring* within 24 h, *Expired, refreshable* and
   expired with nothing to renew them (*Needs reconnect*). Those are the usable connections
-  whose expiry falls before ``now + 24 h``: one range scan of the (``kind``, ``expires_at``)
-  index, soonest first, that stops after :data:`COUNT_CAP` tokens of each kind. Under the cap
+  whose expiry (``connections.expires_at``) falls before ``now + 24 h``: one range of an
+  index, soonest first, that stops after :data:`COUNT_CAP` connections. Under the cap
   the split is exact; past it the counts are lower bounds (:class:`AtLeast`, "1,000+") and
   *Active*, the rest of the usable ones, an upper bound (:class:`AtMost`).
 
@@ -23,13 +23,13 @@ import functools
 from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, literal, select, union_all
+from sqlalchemy import bindparam, func, select
 
 from vault.extensions import db
-from vault.models import Connection, ConnectionCount, ConnectionStatus, Token, TokenKind
+from vault.models import Connection, ConnectionCount, ConnectionStatus
 from vault.queries.connections import _SOON, Health, at, health_source
 
-# How many tokens of a kind expiring before now + 24 h the time split reads at most.
+# How many usable connections expiring before now + 24 h the time split reads at most.
 COUNT_CAP = 1000
 TIMED = (Health.EXPIRING, Health.REFRESHABLE, Health.NEEDS_RECONNECT)
 
@@ -68,12 +68,11 @@ def stored_counts() -> dict[str, Counter]:
 def health_counts(now: datetime | None = None) -> dict[str, Counter]:
     """Connections counted by provider and health value (a string).
 
-    Exact unless more than :data:`COUNT_CAP` tokens of a kind expire within 24 h; then the
+    Exact unless :data:`COUNT_CAP` or more usable connections expire within 24 h; then the
     time-split counts are :class:`AtLeast` and *Active* :class:`AtMost` values.
     """
     params = at(now) | {"cap": COUNT_CAP}
-    scanned = dict(db.session.execute(_scanned_statement(), params).all())
-    capped = any(number >= COUNT_CAP for number in scanned.values())
+    capped = (db.session.scalar(_scanned_statement(), params) or 0) >= COUNT_CAP
     timed: dict[str, Counter] = {}
     for provider, health, number in db.session.execute(_timed_statement(), params):
         timed.setdefault(provider, Counter())[health] = number
@@ -108,42 +107,34 @@ def add_counts(totals: Counter, counts: Counter) -> None:
         totals[key] = type(number)(total) if isinstance(number, AtLeast | AtMost) else total
 
 
-def _expiring_tokens(kind: TokenKind):
-    """The first ``cap`` tokens of ``kind`` expiring before ``soon``, soonest first."""
-    first = (
-        select(Token.connection_id, literal(kind.value).label("kind"))
-        .where(Token.kind == kind.value, Token.expires_at <= _SOON)
-        .order_by(Token.expires_at)
+def _expiring():
+    """The first ``cap`` usable connections expiring before ``soon``, soonest first: one
+    range of ``ix_connections_status_failure_count_expires_at``."""
+    return (
+        select(Connection.id)
+        .where(
+            Connection.status == ConnectionStatus.ACTIVE.value,
+            Connection.failure_count == 0,
+            Connection.expires_at <= _SOON,
+        )
+        .order_by(Connection.expires_at)
         .limit(bindparam("cap"))
         .subquery()
     )
-    return select(first)
-
-
-def _candidates():
-    return union_all(
-        _expiring_tokens(TokenKind.ACCESS), _expiring_tokens(TokenKind.API_KEY)
-    ).subquery()
 
 
 @functools.cache
 def _scanned_statement():
-    candidates = _candidates()
-    return select(candidates.c.kind, func.count()).group_by(candidates.c.kind)
+    return select(func.count()).select_from(_expiring())
 
 
 @functools.cache
 def _timed_statement():
     source = health_source()
-    candidates = _candidates()
     inner = (
         select(Connection.provider.label("provider"), source.health.label("health"))
         .select_from(source.from_)
-        .where(
-            Connection.id.in_(select(candidates.c.connection_id)),
-            Connection.status == ConnectionStatus.ACTIVE.value,
-            Connection.failure_count == 0,
-        )
+        .where(Connection.id.in_(select(_expiring().c.id)))
         .subquery()
     )
     return (
