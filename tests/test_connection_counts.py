@@ -21,7 +21,8 @@ from tests.support.builders import make_user
 from vault.extensions import db
 from vault.models import Connection, ConnectionCount, ConnectionStatus, Token, User, utcnow
 from vault.queries.connections import at, health_source
-from vault.queries.counts import COUNT_CAP, AtLeast, AtMost, health_counts
+from vault.queries.counts import COUNT_CAP, health_counts
+from vault.queries.keyset import AtLeast, AtMost
 from vault.services.connections import Account, disconnect, record_grant
 from vault.tokens.store import token_vault
 

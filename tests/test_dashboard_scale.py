@@ -17,10 +17,10 @@ from vault.models import Connection
 LIST_PAGES = (
     "/",
     "/connections",
-    "/connections?status=expiring&q=a&sort=refreshed&page=2",
+    "/connections?status=expiring&q=a&sort=refreshed&owner=a@example.com&tag=ops",
     "/health",
     "/audit",
-    "/audit?action=token.refreshed&actor=system&page=2",
+    "/audit?action=token.refreshed&actor=system",
 )
 
 

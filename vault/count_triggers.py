@@ -32,7 +32,7 @@ _KEY_MOVED = """
 # however many connections it moves (a bulk INSERT of 100,000 rows updates a handful of
 # rows once, not one row 100,000 times), taken in key order so that two transactions moving
 # connections in opposite directions wait for each other instead of deadlocking.
-POSTGRESQL = (
+POSTGRESQL: tuple[str, ...] = (
     f"""
     CREATE OR REPLACE FUNCTION connection_counts_move() RETURNS trigger
     LANGUAGE plpgsql AS $$

@@ -17,22 +17,24 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import Row, and_, bindparam, case, func, or_, select
+from sqlalchemy import and_, bindparam, case, or_, select
 
-from vault.extensions import db
 from vault.grants import GrantProviders, StoredRows, renewable_clause
-from vault.models import Connection, ConnectionStatus, Token, TokenKind, UTCDateTime, utcnow
+from vault.models import (
+    Connection,
+    ConnectionStatus,
+    Token,
+    TokenKind,
+    UTCDateTime,
+    utcnow,
+)
 
 PAGE_SIZE = 50
 SOON = timedelta(hours=24)
-T = TypeVar("T")
 
 
 class Health(str, enum.Enum):
@@ -162,36 +164,6 @@ class _Source:
         ).select_from(self.from_)
 
 
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a longer list."""
-
-    items: list[T]
-    total: int
-    number: int
-    size: int = PAGE_SIZE
-
-    @property
-    def pages(self) -> int:
-        """How many pages there are (at least one, even when empty)."""
-        return max(1, math.ceil(self.total / self.size))
-
-    @property
-    def first_item(self) -> int:
-        """1-based position of this page's first item (0 when there is none)."""
-        return 0 if self.total == 0 else (self.number - 1) * self.size + 1
-
-    @property
-    def last_item(self) -> int:
-        """1-based position of this page's last item."""
-        return min(self.total, self.number * self.size)
-
-
-def page_number(requested: int, total: int, size: int) -> int:
-    """The page to show: a page past the end (a link kept after rows went away) is the last."""
-    return min(max(1, requested), max(1, math.ceil(total / size)))
-
-
 def positive_int(value: Any, default: int | None = None) -> int | None:
     """A query-string number, or ``default`` when it is missing, malformed or out of range."""
     try:
@@ -199,110 +171,3 @@ def positive_int(value: Any, default: int | None = None) -> int | None:
     except (TypeError, ValueError):
         return default
     return number if 0 < number < 2**31 else default
-
-
-# -- connections list --------------------------------------------------------------------
-
-SORTS = {
-    "expiry": "Soonest expiry",
-    "reconnect": "Reconnect soonest",
-    "provider": "Provider",
-    "account": "Account",
-    "refreshed": "Last refreshed, newest first",
-    "failures": "Most failures",
-}
-
-
-@dataclass(frozen=True)
-class ConnectionFilters:
-    """The connections list's query string, checked: unknown values fall back to defaults."""
-
-    provider: str | None = None
-    health: Health | None = None
-    search: str = ""
-    sort: str = "expiry"
-    page: int = 1
-
-    @classmethod
-    def from_args(cls, args: Mapping[str, str]) -> ConnectionFilters:
-        """Read ``provider``, ``status``, ``q``, ``sort`` and ``page``."""
-        health = args.get("status") or None
-        sort = args.get("sort") or "expiry"
-        return cls(
-            provider=(args.get("provider") or "").strip()[:64] or None,
-            health=Health(health) if health in {state.value for state in Health} else None,
-            search=" ".join((args.get("q") or "").split())[:200],
-            sort=sort if sort in SORTS else "expiry",
-            page=positive_int(args.get("page"), 1) or 1,
-        )
-
-    def query_args(self, **changes: Any) -> dict[str, Any]:
-        """URL parameters for these filters (defaults left out), e.g. for pagination links."""
-        current = replace(self, **changes)
-        args = {
-            "provider": current.provider,
-            "status": current.health.value if current.health else None,
-            "q": current.search or None,
-            "sort": None if current.sort == "expiry" else current.sort,
-            "page": None if current.page == 1 else current.page,
-        }
-        return {name: value for name, value in args.items() if value is not None}
-
-    @property
-    def active(self) -> bool:
-        """Whether anything narrows the list."""
-        return bool(self.provider or self.health or self.search)
-
-
-def _order(source: _Source, sort: str) -> tuple:
-    account = func.lower(
-        func.coalesce(Connection.account_email, Connection.account_name, Connection.account_subject)
-    )
-    orders = {
-        "expiry": (source.expires_at.asc().nulls_last(),),
-        # Through ix_connections_reconnect_by; what already stopped comes first.
-        "reconnect": (Connection.reconnect_by.asc().nulls_last(),),
-        "provider": (Connection.provider, account),
-        "account": (account,),
-        "refreshed": (Connection.last_refreshed_at.desc().nulls_last(),),
-        "failures": (Connection.failure_count.desc(), source.expires_at.asc().nulls_last()),
-    }
-    return (*orders[sort], Connection.id)
-
-
-def list_connections(
-    filters: ConnectionFilters, now: datetime | None = None, size: int = PAGE_SIZE
-) -> Page[Row]:
-    """One page of connections matching ``filters``: a count, then the page."""
-    source = health_source()
-    conditions = []
-    if filters.provider:
-        conditions.append(Connection.provider == filters.provider)
-    if filters.health:
-        conditions.append(source.health == filters.health.value)
-    if filters.search:
-        conditions.append(
-            or_(
-                *(
-                    column.icontains(filters.search, autoescape=True)
-                    for column in (
-                        Connection.account_email,
-                        Connection.account_name,
-                        Connection.account_subject,
-                    )
-                )
-            )
-        )
-    params = at(now)
-    total = db.session.scalar(
-        select(func.count()).select_from(source.from_).where(*conditions), params
-    ) or 0
-    number = page_number(filters.page, total, size)
-    statement = (
-        source.rows()
-        .where(*conditions)
-        .order_by(*_order(source, filters.sort))
-        .limit(size)
-        .offset((number - 1) * size)
-    )
-    return Page(list(db.session.execute(statement, params)), total, number, size)

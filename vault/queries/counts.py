@@ -28,18 +28,11 @@ from sqlalchemy import bindparam, func, select
 from vault.extensions import db
 from vault.models import Connection, ConnectionCount, ConnectionStatus
 from vault.queries.connections import _SOON, Health, at, health_source
+from vault.queries.keyset import AtLeast, AtMost
 
 # How many usable connections expiring before now + 24 h the time split reads at most.
 COUNT_CAP = 1000
 TIMED = (Health.EXPIRING, Health.REFRESHABLE, Health.NEEDS_RECONNECT)
-
-
-class AtLeast(int):
-    """A count known to be this or more (a scan stopped at its cap): shown as ``1,000+``."""
-
-
-class AtMost(int):
-    """A count known to be this or fewer: shown as ``≤ 1,000``."""
 
 
 def settled_health(status: str, failing: bool) -> Health | None:

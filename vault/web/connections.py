@@ -14,7 +14,8 @@ from vault.extensions import db, limiter
 from vault.grants import StoredValues, due_at, grant_for
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.queries.audit import connection_history
-from vault.queries.connections import SORTS, ConnectionFilters, Health, list_connections
+from vault.queries.connection_list import SORTS, ConnectionFilters, list_connections
+from vault.queries.connections import Health
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
 from vault.services import reconnect_links
 from vault.services.checks import CheckResult, check_connection, how_checked

@@ -8,7 +8,7 @@ from flask import Flask
 
 from vault.models import utcnow
 from vault.queries.connections import Health
-from vault.queries.counts import AtLeast, AtMost
+from vault.queries.keyset import AtLeast, AtMost
 
 
 def init_filters(app: Flask) -> None:
