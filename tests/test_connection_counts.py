@@ -274,3 +274,13 @@ def test_past_the_cap_the_time_split_is_a_bound_and_the_rest_stays_exact(app, mo
     assert isinstance(counts["active"], AtMost) and counts["active"] == 5
     assert counts["disconnected"] == 1 and type(counts["disconnected"]) is int
     assert COUNT_CAP >= 1000
+
+
+@both_backends
+def test_seed_demo_bulk_copy_moves_the_counts_and_expiries(app):
+    from vault.cli.demo import seed_demo
+
+    seed_demo(120, seed=4)
+    assert stored() == recount() and sum(recount().values()) == 120
+    assert expiry_mismatches() == []
+    assert health_counts() == health_recount()
