@@ -62,7 +62,7 @@ def pages(connection_id: int) -> dict[str, str]:
         "  provider": "/connections?provider=google",
         "  expiring": "/connections?status=expiring",
         "  reconnect": "/connections?status=needs_reconnect",
-        "  search": "/connections?q=dana.levi",
+        "  search": "/connections?q=dana",
         "  sort": "/connections?sort=reconnect",
         "  owner": "/connections?owner=owner-3%40example.com",
         "  tag": "/connections?tag=billing",
