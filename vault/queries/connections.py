@@ -1,10 +1,10 @@
-"""The dashboard's queries: connection health, the providers overview, the connections list.
+"""The dashboard's shared health expression: what a connection needs, computed in SQL.
 
-Views parse the query string into the small filter classes here and render what these
-functions return. Every page runs a fixed number of statements whatever the number of
-connections (grouped counts, one LIMIT/OFFSET page), and nothing here decrypts: the list
-and health pages read status and expiry columns only (docs/architecture.md, "Data model").
-The health page's own queries are in :mod:`vault.queries.health`, the audit page's in
+Every page runs a fixed number of statements whatever the number of connections, and
+nothing here decrypts: the list and health pages read status and expiry columns only
+(docs/architecture.md, "Data model"). The counts by health are in
+:mod:`vault.queries.counts`, the connections list in :mod:`vault.queries.connection_list`,
+the health page's own queries in :mod:`vault.queries.health`, the audit page's in
 :mod:`vault.queries.audit`.
 
 A connection's *health* is what staff act on, computed in SQL by one expression
