@@ -15,7 +15,8 @@ from sqlalchemy import update
 from tests.support.builders import post_form
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token, utcnow
-from vault.queries.connections import Health, health_counts
+from vault.queries.connections import Health
+from vault.queries.counts import health_counts
 from vault.tokens.store import token_vault
 from vault.web.filters import format_relative
 
@@ -168,10 +169,13 @@ def test_list_filters_search_sort_and_paginate_keeping_the_filters(admin_client)
     assert "Showing 1–50 of 60 connections" in first
     emails = re.findall(r'href="/connections/\d+">([^<]+)</a>', first)
     assert emails[0] == "user1@example.com"  # soonest expiry first
-    assert 'href="/connections?provider=acme&amp;page=2" rel="next"' in first
-    second = page_text(admin_client.get("/connections?provider=acme&page=2"))
+    following = re.search(r'href="(/connections\?provider=acme&amp;after=[\w-]+)" rel="next"',
+                          first)
+    assert following, "a Next link keeping the filter"
+    second = page_text(admin_client.get(following.group(1).replace("&amp;", "&")))
     assert len(table_rows(second)) == 10 and "Showing 51–60 of 60" in second
     assert '<option value="acme" selected>' in second
+    assert 'rel="next"' not in second and ">First page</a>" in second
 
     found = page_text(admin_client.get("/connections?q=ops.TEAM"))
     assert len(table_rows(found)) == 1 and "Ops.Team@Example.com" in found
@@ -184,8 +188,8 @@ def test_list_filters_search_sort_and_paginate_keeping_the_filters(admin_client)
     # nonsense falls back to defaults instead of failing
     odd = page_text(admin_client.get("/connections?page=abc&status=bogus&sort=x&provider="))
     assert "Showing 1–50 of 61 connections" in odd
-    last = page_text(admin_client.get("/connections?page=99"))
-    assert "Showing 51–61 of 61 connections" in last
+    unreadable = page_text(admin_client.get("/connections?after=not-a-cursor"))
+    assert "Showing 1–50 of 61 connections" in unreadable
 
 
 def test_filter_form_fields_are_labelled(admin_client):
@@ -276,13 +280,18 @@ def test_audit_page_filters_by_action_actor_and_connection_and_paginates(admin_c
     assert 'aria-current="page">Audit<' in html
     assert re.search(r'<option value="token.refresh_failed">token.refresh_failed</option>', html)
     assert '<option value="auth.sign_in">' in html  # signing in is audited too
-    assert "Showing 1–50 of 61 events" in html and 'href="/audit?page=2" rel="next"' in html
+    assert "Showing 1–50 of 61 events" in html
+    assert re.search(r'href="/audit\?after=[\w-]+" rel="next"', html)
     failed = page_text(admin_client.get("/audit?action=token.refresh_failed"))
     assert "Showing 1–5 of 5 events" in failed
     assert len(table_rows(page_text(admin_client.get("/audit?actor=CRON")))) == 30
     by_connection = page_text(admin_client.get(f"/audit?connection={connection.id}&actor=system"))
     assert "Showing 1–5 of 5 events" in by_connection
-    assert page_text(admin_client.get("/audit?action=token.refreshed&page=2")).count("<tr>") == 6
+    refreshed = page_text(admin_client.get("/audit?action=token.refreshed"))
+    following = re.search(r'href="(/audit\?action=token.refreshed&amp;after=[\w-]+)"', refreshed)
+    assert following, "a Next link keeping the filter"
+    second = page_text(admin_client.get(following.group(1).replace("&amp;", "&")))
+    assert second.count("<tr>") == 6 and "Showing 51–55 of 55 events" in second
 
 
 def test_empty_states_teach_what_to_do(admin_client):

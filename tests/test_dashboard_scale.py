@@ -17,10 +17,10 @@ from vault.models import Connection
 LIST_PAGES = (
     "/",
     "/connections",
-    "/connections?status=expiring&q=a&sort=refreshed&page=2",
+    "/connections?status=expiring&q=a&sort=refreshed&owner=a@example.com&tag=ops",
     "/health",
     "/audit",
-    "/audit?action=token.refreshed&actor=system&page=2",
+    "/audit?action=token.refreshed&actor=system",
 )
 
 
@@ -57,7 +57,8 @@ def test_statements_per_page_do_not_grow_with_the_number_of_connections(admin_cl
     assert db.session.scalar(select(db.func.count(Connection.id))) == 1000
     with_1000 = statements_per_page(admin_client, paths)
     assert with_1000 == with_10
-    assert max(with_10.values()) <= 8, with_10  # a handful: session user, counts, one page
+    # a handful: session user, stored counts, the capped time split (two), one page
+    assert max(with_10.values()) <= 10, with_10
 
 
 def test_list_and_health_pages_never_decrypt(admin_client, monkeypatch):

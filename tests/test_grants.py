@@ -23,7 +23,7 @@ from sqlalchemy import update
 from tests.support.refresh_fixtures import both_backends, load, make_connection
 from vault.grants import StoredValues, due_at, grant_for
 from vault.models import Connection, Token, TokenKind, utcnow
-from vault.queries.connections import ConnectionFilters, list_connections
+from vault.queries.connection_list import ConnectionFilters, list_connections
 from vault.refresh.batch import due_statement
 from vault.refresh.engine import Outcome, refresh_now
 from vault.services import service_keys

@@ -26,7 +26,7 @@ from vault.grants import StoredValues, grant_for
 from vault.grants.kinds import CredentialKind, credential_kind, describe
 from vault.models import Connection, Token, TokenKind, utcnow
 from vault.oauth.service_accounts import parse_key_file, stored_value
-from vault.queries.connections import ConnectionFilters, list_connections
+from vault.queries.connection_list import ConnectionFilters, list_connections
 from vault.refresh.batch import due_statement
 from vault.refresh.engine import Outcome, refresh_now
 from vault.tokens.store import token_vault

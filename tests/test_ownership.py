@@ -304,11 +304,11 @@ def test_filters_are_kept_across_pages(viewer_client):
 
 def test_tag_filter_reads_the_tag_index(app):
     """The tag filter is a semi-join on connection_tags(tag, connection_id), not a scan."""
-    from vault.queries.connections import ConnectionFilters, ownership_conditions
+    from vault.queries.connection_list import ConnectionFilters, list_conditions
 
     add(owner="a@example.com", tags=("billing",))
     filters = ConnectionFilters.from_args({"tag": "billing", "owner": "a@example.com"})
-    statement = select(Connection.id).where(*ownership_conditions(filters))
+    statement = select(Connection.id).where(*list_conditions(filters))
     compiled = str(statement.compile(dialect=db.engine.dialect,
                                      compile_kwargs={"literal_binds": True}))
     plan = " ".join(str(row) for row in db.session.execute(

@@ -149,6 +149,18 @@ class Connection(TimestampMixin, Base):
         CheckConstraint(_one_of("status", ConnectionStatus), name="status"),
         Index(None, "status", "next_refresh_at"),
         Index(None, "provider", "status"),
+        # The connections list pages through these (soonest expiry first, the default), and
+        # the pages' time split of the counts is one range of the second.
+        Index(None, "expires_at", "id"),
+        Index(None, "status", "failure_count", "expires_at"),
+        # Search by the start of an e-mail, name or subject, whatever the case (PostgreSQL;
+        # SQLite scans).
+        *(
+            Index(f"ix_connections_lower_{column}", text(f"lower({column})"),
+                  postgresql_ops={f"lower({column})": "text_pattern_ops"}).ddl_if(
+                      dialect="postgresql")
+            for column in ("account_email", "account_name", "account_subject")
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -192,6 +204,9 @@ class Connection(TimestampMixin, Base):
     # private_key_id, a jwt_bearer provider's key id): shown, never secret; its age is the
     # private_key token row's created_at.
     credential_key_id: Mapped[str | None] = mapped_column(String(128))
+    # The expiry the pages show: the access token's, else the API key's. Copied from
+    # tokens.expires_at by database triggers (vault/count_triggers.py), never written here.
+    expires_at: Mapped[datetime | None]
 
     created_by: Mapped[User | None] = relationship()
     tokens: Mapped[list[Token]] = relationship(
@@ -695,3 +710,27 @@ class DeviceGrant(Base):
 
     def __repr__(self) -> str:  # never the codes
         return f"<DeviceGrant {self.id} {self.provider} {self.status}>"
+
+
+# -- Exact counts for flat pages (issue 18) ----------------------------------------------------
+
+
+class ConnectionCount(Base):
+    """How many connections there are per provider, status and failing or not.
+
+    Kept exact by database triggers on ``connections`` (vault/count_triggers.py), in the
+    transaction that moves a connection; the pages read these few rows instead of counting.
+    """
+
+    __tablename__ = "connection_counts"
+
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    failing: Mapped[bool] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# The triggers need both tables; create_all runs them last.
+from vault import count_triggers  # noqa: E402
+
+count_triggers.attach(Base.metadata)

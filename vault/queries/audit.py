@@ -15,7 +15,9 @@ from sqlalchemy import ColumnElement, Row, Table, func, select
 
 from vault.extensions import db
 from vault.models import AuditEvent
-from vault.queries.connections import PAGE_SIZE, Page, page_number, positive_int
+from vault.queries.connections import PAGE_SIZE, positive_int
+from vault.queries.keyset import Cursor, Key, Page, capped_count, page_of
+from vault.queries.keyset import after as keyset_after
 
 EXPORT_BATCH_SIZE = 1000
 _events = cast(Table, AuditEvent.__table__)
@@ -34,11 +36,11 @@ class AuditFilters:
     connection_id: int | None = None
     since: date | None = None
     until: date | None = None
-    page: int = 1
+    after: str | None = None  # the opaque cursor of the page to show (vault.queries.keyset)
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> AuditFilters:
-        """Read ``action``, ``actor``, ``connection``, ``since``, ``until`` and ``page``.
+        """Read ``action``, ``actor``, ``connection``, ``since``, ``until`` and ``after``.
 
         ``since`` and ``until`` are days (YYYY-MM-DD, UTC), both included; an unreadable one
         is ignored, as an unreadable page number is.
@@ -49,7 +51,7 @@ class AuditFilters:
             connection_id=positive_int(args.get("connection")),
             since=parse_day(args.get("since")),
             until=parse_day(args.get("until")),
-            page=positive_int(args.get("page"), 1) or 1,
+            after=(args.get("after") or "").strip()[:2000] or None,
         )
 
     def query_args(self, **changes: Any) -> dict[str, Any]:
@@ -61,7 +63,7 @@ class AuditFilters:
             "connection": current.connection_id,
             "since": current.since.isoformat() if current.since else None,
             "until": current.until.isoformat() if current.until else None,
-            "page": None if current.page == 1 else current.page,
+            "after": current.after,
         }
         return {name: value for name, value in args.items() if value is not None}
 
@@ -74,7 +76,7 @@ class AuditFilters:
 
     def describe(self) -> str:
         """The filters in words, for the audit row an export leaves (``all events`` if none)."""
-        args = self.query_args(page=1)
+        args = self.query_args(after=None)
         return " ".join(f"{name}={value}" for name, value in args.items()) or "all events"
 
 
@@ -106,19 +108,30 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=timezone.utc)
 
 
+# Newest first, through ix_audit_events_occurred_at (ix_audit_events_action_occurred_at
+# when filtered by action).
+AUDIT_KEYS = (
+    Key(AuditEvent.occurred_at, descending=True, kind=datetime),
+    Key(AuditEvent.id, descending=True, kind=int),
+)
+
+
 def list_audit(filters: AuditFilters, size: int = PAGE_SIZE) -> Page[AuditEvent]:
-    """One page of audit events matching ``filters``, newest first."""
+    """One page of audit events matching ``filters``, newest first, after the cursor; the
+    total counted up to the cap ("10,000+")."""
     conditions = _conditions(filters)
-    total = db.session.scalar(select(func.count(AuditEvent.id)).where(*conditions)) or 0
-    number = page_number(filters.page, total, size)
+    total = capped_count(select(AuditEvent.id).where(*conditions))
+    cursor = Cursor.decode(filters.after, AUDIT_KEYS)
+    if cursor is not None:
+        conditions.append(keyset_after(AUDIT_KEYS, cursor))
     statement = (
         select(AuditEvent)
         .where(*conditions)
-        .order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
-        .limit(size)
-        .offset((number - 1) * size)
+        .order_by(*(key.order() for key in AUDIT_KEYS))
+        .limit(size + 1)
     )
-    return Page(list(db.session.scalars(statement)), total, number, size)
+    rows = list(db.session.scalars(statement))
+    return page_of(rows, cursor, total, size, lambda event: (event.occurred_at, event.id))
 
 
 def audit_actions() -> list[str]:

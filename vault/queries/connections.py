@@ -1,10 +1,10 @@
-"""The dashboard's queries: connection health, the providers overview, the connections list.
+"""The dashboard's shared health expression: what a connection needs, computed in SQL.
 
-Views parse the query string into the small filter classes here and render what these
-functions return. Every page runs a fixed number of statements whatever the number of
-connections (grouped counts, one LIMIT/OFFSET page), and nothing here decrypts: the list
-and health pages read status and expiry columns only (docs/architecture.md, "Data model").
-The health page's own queries are in :mod:`vault.queries.health`, the audit page's in
+Every page runs a fixed number of statements whatever the number of connections, and
+nothing here decrypts: the list and health pages read status and expiry columns only
+(docs/architecture.md, "Data model"). The counts by health are in
+:mod:`vault.queries.counts`, the connections list in :mod:`vault.queries.connection_list`,
+the health page's own queries in :mod:`vault.queries.health`, the audit page's in
 :mod:`vault.queries.audit`.
 
 A connection's *health* is what staff act on, computed in SQL by one expression
@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
-from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import Row, and_, bindparam, case, func, or_, select
+from sqlalchemy import and_, bindparam, case, or_, select
 
 from vault.extensions import db
 from vault.grants import GrantProviders, StoredRows, renewable_clause
@@ -41,7 +37,6 @@ from vault.models import (
 
 PAGE_SIZE = 50
 SOON = timedelta(hours=24)
-T = TypeVar("T")
 
 
 class Health(str, enum.Enum):
@@ -99,8 +94,9 @@ class _Source:
     rows are exactly the connections. Joins, not correlated subqueries: PostgreSQL hashes
     each kind once, and the plan stays cheap enough not to trigger its JIT compiler. The
     "expiry" shown is the access token's, or the API key's for providers whose pasted key
-    expires (WhatsApp system-user tokens). The time comes in as the bound parameters
-    ``now`` and ``soon`` (:func:`at`), so the expressions are built once per process.
+    expires (WhatsApp system-user tokens): ``connections.expires_at``. The time comes in as
+    the bound parameters ``now`` and ``soon`` (:func:`at`), so the expressions are built
+    once per process.
     """
 
     def __init__(self):
@@ -114,7 +110,9 @@ class _Source:
                 alias, and_(alias.c.connection_id == table.c.id, alias.c.kind == alias.name)
             )
         self.from_ = joined
-        self.expires_at = func.coalesce(self.access.c.expires_at, self.api_key.c.expires_at)
+        # The access token's expiry, else the API key's: copied onto the connection by the
+        # triggers on tokens (vault/count_triggers.py), so lists sort through an index.
+        self.expires_at = Connection.expires_at
         self.renewable = self._renewable()
         self.health = self._health()
 
@@ -169,36 +167,6 @@ class _Source:
         ).select_from(self.from_)
 
 
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a longer list."""
-
-    items: list[T]
-    total: int
-    number: int
-    size: int = PAGE_SIZE
-
-    @property
-    def pages(self) -> int:
-        """How many pages there are (at least one, even when empty)."""
-        return max(1, math.ceil(self.total / self.size))
-
-    @property
-    def first_item(self) -> int:
-        """1-based position of this page's first item (0 when there is none)."""
-        return 0 if self.total == 0 else (self.number - 1) * self.size + 1
-
-    @property
-    def last_item(self) -> int:
-        """1-based position of this page's last item."""
-        return min(self.total, self.number * self.size)
-
-
-def page_number(requested: int, total: int, size: int) -> int:
-    """The page to show: a page past the end (a link kept after rows went away) is the last."""
-    return min(max(1, requested), max(1, math.ceil(total / size)))
-
-
 def positive_int(value: Any, default: int | None = None) -> int | None:
     """A query-string number, or ``default`` when it is missing, malformed or out of range."""
     try:
@@ -206,168 +174,6 @@ def positive_int(value: Any, default: int | None = None) -> int | None:
     except (TypeError, ValueError):
         return default
     return number if 0 < number < 2**31 else default
-
-
-# -- counts by health --------------------------------------------------------------------
-
-
-def health_counts(now: datetime | None = None) -> dict[str, Counter]:
-    """Connections counted by provider and health value (a string), in one grouped query."""
-    counts: dict[str, Counter] = {}
-    for provider, health, number in db.session.execute(_counts_statement(), at(now)):
-        counts.setdefault(provider, Counter())[health] = number
-    return counts
-
-
-@functools.cache
-def _counts_statement():
-    source = health_source()
-    inner = (
-        select(Connection.provider.label("provider"), source.health.label("health"))
-        .select_from(source.from_)
-        .subquery()
-    )
-    return select(inner.c.provider, inner.c.health, func.count()).group_by(
-        inner.c.provider, inner.c.health
-    )
-
-
-def health_totals(now: datetime | None = None) -> Counter:
-    """Connections counted by health over all providers."""
-    totals: Counter = Counter()
-    for counts in health_counts(now).values():
-        totals.update(counts)
-    return totals
-
-
-# -- connections list --------------------------------------------------------------------
-
-SORTS = {
-    "expiry": "Soonest expiry",
-    "reconnect": "Reconnect soonest",
-    "provider": "Provider",
-    "account": "Account",
-    "refreshed": "Last refreshed, newest first",
-    "failures": "Most failures",
-}
-
-
-@dataclass(frozen=True)
-class ConnectionFilters:
-    """The connections list's query string, checked: unknown values fall back to defaults."""
-
-    provider: str | None = None
-    health: Health | None = None
-    search: str = ""
-    sort: str = "expiry"
-    page: int = 1
-    owner: str | None = None
-    tag: str | None = None
-
-    @classmethod
-    def from_args(cls, args: Mapping[str, str]) -> ConnectionFilters:
-        """Read ``provider``, ``status``, ``q``, ``sort``, ``page``, ``owner`` and ``tag``."""
-        health = args.get("status") or None
-        sort = args.get("sort") or "expiry"
-        return cls(
-            provider=(args.get("provider") or "").strip()[:64] or None,
-            health=Health(health) if health in {state.value for state in Health} else None,
-            search=" ".join((args.get("q") or "").split())[:200],
-            sort=sort if sort in SORTS else "expiry",
-            page=positive_int(args.get("page"), 1) or 1,
-            # Compared as stored (lower-cased); a value no owner or tag has matches nothing.
-            owner=(args.get("owner") or "").strip().lower()[:320] or None,
-            tag=(args.get("tag") or "").strip().lower()[:32] or None,
-        )
-
-    def query_args(self, **changes: Any) -> dict[str, Any]:
-        """URL parameters for these filters (defaults left out), e.g. for pagination links."""
-        current = replace(self, **changes)
-        args = {
-            "provider": current.provider,
-            "status": current.health.value if current.health else None,
-            "q": current.search or None,
-            "sort": None if current.sort == "expiry" else current.sort,
-            "page": None if current.page == 1 else current.page,
-            "owner": current.owner,
-            "tag": current.tag,
-        }
-        return {name: value for name, value in args.items() if value is not None}
-
-    @property
-    def active(self) -> bool:
-        """Whether anything narrows the list."""
-        return bool(self.provider or self.health or self.search or self.owner or self.tag)
-
-
-def _order(source: _Source, sort: str) -> tuple:
-    account = func.lower(
-        func.coalesce(Connection.account_email, Connection.account_name, Connection.account_subject)
-    )
-    orders = {
-        "expiry": (source.expires_at.asc().nulls_last(),),
-        # Through ix_connections_reconnect_by; what already stopped comes first.
-        "reconnect": (Connection.reconnect_by.asc().nulls_last(),),
-        "provider": (Connection.provider, account),
-        "account": (account,),
-        "refreshed": (Connection.last_refreshed_at.desc().nulls_last(),),
-        "failures": (Connection.failure_count.desc(), source.expires_at.asc().nulls_last()),
-    }
-    return (*orders[sort], Connection.id)
-
-
-def list_connections(
-    filters: ConnectionFilters, now: datetime | None = None, size: int = PAGE_SIZE
-) -> Page[Row]:
-    """One page of connections matching ``filters``: a count, then the page."""
-    source = health_source()
-    conditions = ownership_conditions(filters)
-    if filters.provider:
-        conditions.append(Connection.provider == filters.provider)
-    if filters.health:
-        conditions.append(source.health == filters.health.value)
-    if filters.search:
-        conditions.append(
-            or_(
-                *(
-                    column.icontains(filters.search, autoescape=True)
-                    for column in (
-                        Connection.account_email,
-                        Connection.account_name,
-                        Connection.account_subject,
-                    )
-                )
-            )
-        )
-    params = at(now)
-    total = db.session.scalar(
-        select(func.count()).select_from(source.from_).where(*conditions), params
-    ) or 0
-    number = page_number(filters.page, total, size)
-    statement = (
-        source.rows()
-        .where(*conditions)
-        .order_by(*_order(source, filters.sort))
-        .limit(size)
-        .offset((number - 1) * size)
-    )
-    return Page(list(db.session.execute(statement, params)), total, number, size)
-
-
-def ownership_conditions(filters: ConnectionFilters) -> list:
-    """The list's owner and tag filters as conditions on ``connections``.
-
-    The owner through ``ix_connections_owner_email``; the tag through ``connection_tags``'s
-    (tag, connection_id) index, as a semi-join so a connection is listed once.
-    """
-    conditions = []
-    if filters.owner:
-        conditions.append(Connection.owner_email == filters.owner)
-    if filters.tag:
-        conditions.append(Connection.id.in_(
-            select(ConnectionTag.connection_id).where(ConnectionTag.tag == filters.tag)
-        ))
-    return conditions
 
 
 def tags_by_connection(connection_ids: list[int]) -> dict[int, list[str]]:

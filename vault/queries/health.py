@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Row, and_, bindparam, case, func, select
+from sqlalchemy import Row, and_, bindparam, case, func, select, union_all
 
 from vault.extensions import db
 from vault.models import (
@@ -20,7 +20,7 @@ from vault.models import (
     WorkerHeartbeat,
     utcnow,
 )
-from vault.queries.connections import NOW, Health, at, health_source
+from vault.queries.connections import _SOON, NOW, Health, at, health_source
 
 ATTENTION = (Health.EXPIRING, Health.NEEDS_RECONNECT, Health.ERROR)
 
@@ -29,8 +29,8 @@ def needing_attention(now: datetime | None = None, limit: int = 10) -> dict[str,
     """The first ``limit`` connections of each :data:`ATTENTION` state, most urgent first.
 
     Soonest expiry first for ``expiring``, most failures for ``error``, latest change for
-    ``needs_reconnect``. One statement (a window over the joined connections) rather than
-    one per state, since each pass over them costs as much as the whole.
+    ``needs_reconnect``. One statement: a few short candidate lists, each the first rows of
+    an index range (so the cost does not grow with the number of connections), ranked.
     """
     found: dict[str, list[Row]] = {health.value: [] for health in ATTENTION}
     for row in db.session.execute(_attention_statement(), at(now) | {"limit": limit}):
@@ -38,9 +38,36 @@ def needing_attention(now: datetime | None = None, limit: int = 10) -> dict[str,
     return found
 
 
+def _first(condition, *order):
+    rows = health_source().rows().where(condition).order_by(*order, Connection.id)
+    return select(rows.limit(bindparam("limit")).subquery())
+
+
+def _candidates():
+    """At most ``limit`` rows from each place an attention state's most urgent rows are."""
+    source = health_source()
+    usable = and_(Connection.status == ConnectionStatus.ACTIVE.value,
+                  Connection.failure_count == 0)
+    return union_all(
+        _first(and_(usable, Connection.expires_at > NOW, Connection.expires_at <= _SOON),
+               Connection.expires_at),
+        _first(Connection.status == ConnectionStatus.NEEDS_RECONNECT.value,
+               Connection.updated_at.desc()),
+        # Expired with nothing to renew it: the most recently expired (a range of the index
+        # back from now, stopped at ``limit`` unrenewable ones).
+        _first(and_(usable, Connection.expires_at <= NOW,
+                    source.health == Health.NEEDS_RECONNECT.value),
+               Connection.expires_at.desc()),
+        _first(Connection.status == ConnectionStatus.ERROR.value,
+               Connection.failure_count.desc()),
+        _first(and_(Connection.status == ConnectionStatus.ACTIVE.value,
+                    Connection.failure_count > 0), Connection.failure_count.desc()),
+    ).subquery()
+
+
 @functools.cache
 def _attention_statement():
-    inner = health_source().rows().subquery()
+    inner = _candidates()
     columns = inner.c
     rank = func.row_number().over(
         partition_by=columns.health,

@@ -1,6 +1,6 @@
 """The providers overview: every configured provider with its connections counted by health.
 
-The counts come from :func:`vault.queries.connections.health_counts`, the expression every
+The counts come from :func:`vault.queries.counts.health_counts`, the expression every
 page shares, so a count here always matches the connections list it links to.
 """
 
@@ -14,7 +14,7 @@ from flask import current_app
 
 from vault.grants.limits import client_secret_expiry
 from vault.providers.registry import ProviderRegistry
-from vault.queries.connections import health_counts
+from vault.queries.counts import add_counts, health_counts
 
 TYPE_LABELS = {
     "oidc": "OpenID Connect", "oauth2": "OAuth 2.0", "api_key": "API key",
@@ -66,7 +66,7 @@ def providers_overview(
         )
     totals: Counter = Counter()
     for summary in summaries:
-        totals.update(summary.counts)
+        add_counts(totals, summary.counts)
     return summaries, totals
 
 

@@ -15,13 +15,8 @@ from vault.grants import StoredValues, due_at, grant_for
 from vault.grants.kinds import describe
 from vault.models import Connection, ConnectionStatus, TokenKind, utcnow
 from vault.queries.audit import connection_history
-from vault.queries.connections import (
-    SORTS,
-    ConnectionFilters,
-    Health,
-    list_connections,
-    tags_by_connection,
-)
+from vault.queries.connection_list import SORTS, ConnectionFilters, list_connections
+from vault.queries.connections import Health, tags_by_connection
 from vault.queries.people import consumers_of
 from vault.refresh.engine import Outcome, RefreshResult, refresh_now
 from vault.services import ownership, reconnect_links

@@ -8,6 +8,7 @@ from flask import Flask
 
 from vault.models import utcnow
 from vault.queries.connections import Health
+from vault.queries.keyset import AtLeast, AtMost
 
 
 def init_filters(app: Flask) -> None:
@@ -41,7 +42,11 @@ def format_relative(moment: datetime | None, now: datetime | None = None) -> str
 
 
 def format_thousands(number: int) -> str:
-    """``10,000``."""
+    """``10,000``; a lower bound ``1,000+``, an upper bound ``≤ 1,000``."""
+    if isinstance(number, AtLeast):
+        return f"{number:,}+"
+    if isinstance(number, AtMost):
+        return f"≤ {number:,}"
     return f"{number:,}"
 
 

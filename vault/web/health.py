@@ -21,7 +21,8 @@ from vault.audit import StaffActor
 from vault.extensions import db, limiter
 from vault.models import utcnow
 from vault.queries.alerts import failing_channels
-from vault.queries.connections import EXPIRED_UNRENEWABLE, Health, health_totals
+from vault.queries.connections import EXPIRED_UNRENEWABLE, Health
+from vault.queries.counts import health_totals
 from vault.queries.health import (
     LATE_AFTER_INTERVALS,
     WorkerStatus,
