@@ -48,7 +48,7 @@ def test_create_with_tags_and_expiry_prints_the_key_last(providers, runner, db):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--tag", "no spaces"], "is not valid"),
+        (["--tag", "no spaces"], "is not a tag"),
         (["--expires-days", "0"], "0 is not in the range"),
         (["--provider", "nope"], "unknown provider"),
     ],

@@ -8,8 +8,6 @@ password is rendered once, in the answer to the POST that made it.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
@@ -50,11 +48,6 @@ class RoleForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """The CSRF token and one button."""
-
-
-def people_path(email: str) -> str:
-    """Where a person's connections and ownership are handed over (``/people/<e-mail>``)."""
-    return "/people/" + quote(email, safe="@")
 
 
 @bp.get("")
@@ -109,7 +102,7 @@ def disable(user_id: int):
     user = db.get_or_404(User, user_id)
     if not _set_enabled(user, enabled=False):
         return redirect(url_for("users.index"), 303)
-    return redirect(people_path(user.email), 303)
+    return redirect(url_for("people.show", email=user.email), 303)
 
 
 @bp.post("/<int:user_id>/enable")
@@ -141,5 +134,4 @@ def _index(form: CreateUserForm, status: int = 200) -> ResponseReturnValue:
     return render_template(
         "users/index.html", rows=list_staff(), form=form, role_choices=ROLE_CHOICES,
         sign_in_choices=SIGN_IN_CHOICES,
-        people_path=people_path,
     ), status
