@@ -91,6 +91,7 @@ def test_an_uploaded_key_connects_shows_no_key_and_is_stored_encrypted(
     assert token_vault.get(connection, TokenKind.ACCESS) == token
     assert connection.credential_key_id == key_file["private_key_id"]
     assert connection.scopes_requested == " ".join(SCOPES)
+    assert connection.owner_email == connection.created_by.email  # whoever uploaded it
     stored = db.session.scalar(select(Token).where(
         Token.connection_id == connection.id, Token.kind == TokenKind.PRIVATE_KEY.value))
     assert b"PRIVATE KEY" not in stored.ciphertext

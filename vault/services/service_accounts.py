@@ -29,6 +29,7 @@ from vault.oauth.tokens import NewTokens
 from vault.providers.registry import Provider
 from vault.redact import redact_known
 from vault.services.connections import ConnectError, update_reconnect_by, void_reconnect_links
+from vault.services.ownership import default_owner
 from vault.tokens.store import token_vault
 
 _AS = " as "  # between the client e-mail and the impersonated user in account_subject
@@ -64,7 +65,7 @@ def add_service_account(provider: Provider, upload: Upload, user: User) -> Conne
     connection = Connection(
         provider=provider.key, account_subject=account_subject,
         account_email=subject or key.client_email, account_name=key.project_id,
-        scopes_requested=scope, created_by_id=user.id,
+        scopes_requested=scope, created_by_id=user.id, owner_email=default_owner(user),
     )
     db.session.add(connection)
     _store(connection, provider, key, value, answer, scope)
