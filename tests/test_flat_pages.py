@@ -8,12 +8,14 @@ import random
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from vault.extensions import db
-from vault.models import Connection, utcnow
+from vault.models import Connection, Token, utcnow
 from vault.queries.connection_list import ConnectionFilters, list_connections
 from vault.queries.connections import Health, at, health_source
+from vault.queries.health import key_id_counts
+from vault.queries.keyset import AtLeast
 from vault.tokens.store import token_vault
 
 PROVIDERS = """
@@ -70,3 +72,20 @@ def test_each_status_filter_lists_exactly_the_connections_of_that_health(app):
         seen |= expected
     # Every health is there, so each filter above was tried on rows it must leave out.
     assert {health_of[id_] for id_ in seen} == {health.value for health in Health}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_key_id_counts_are_exact_below_the_cap_and_a_bound_past_it(app, monkeypatch):
+    fill(30)
+    ids = db.session.scalars(select(Token.id).order_by(Token.id)).all()
+    db.session.execute(update(Token).where(Token.id.in_(ids[:3])).values(key_id="0ld0ld00"))
+    db.session.execute(update(Token).where(Token.id == ids[3]).values(key_id="fffffff0"))
+    db.session.commit()
+    current = token_vault.cipher.current_key_id
+    rest = len(ids) - 4
+    assert key_id_counts() == [(current, rest), ("0ld0ld00", 3), ("fffffff0", 1)]
+    monkeypatch.setattr("vault.queries.health.TOTAL_CAP", 2)
+    counts = dict(key_id_counts())
+    assert counts == {current: 2, "0ld0ld00": 2, "fffffff0": 1}
+    assert isinstance(counts[current], AtLeast) and isinstance(counts["0ld0ld00"], AtLeast)
+    assert type(counts["fffffff0"]) is int

@@ -114,10 +114,10 @@ _HEALTH_CONDITIONS = {
                                                Connection.expires_at.is_(None))),
     Health.EXPIRING: lambda: and_(_usable(), Connection.expires_at > NOW,
                                   Connection.expires_at <= _SOON),
-    Health.REFRESHABLE: lambda: and_(_usable(), Connection.expires_at <= NOW, _renewable()),
+    Health.REFRESHABLE: lambda: and_(_usable(), Connection.expires_at <= NOW, renewable_per_row()),
     Health.NEEDS_RECONNECT: lambda: or_(
         Connection.status == ConnectionStatus.NEEDS_RECONNECT.value,
-        and_(_usable(), Connection.expires_at <= NOW, not_(_renewable())),
+        and_(_usable(), Connection.expires_at <= NOW, not_(renewable_per_row())),
     ),
     Health.ERROR: lambda: or_(
         Connection.status == ConnectionStatus.ERROR.value,
@@ -128,7 +128,9 @@ _HEALTH_CONDITIONS = {
 
 
 @functools.cache
-def _renewable():
+def renewable_per_row():
+    """Whether stored rows can renew the connection, as ``EXISTS`` lookups per connection:
+    cheap in a statement that walks an index and stops after a few rows."""
     table = Connection.__table__
     return renewable_clause(table, StoredRows.correlated(table, Token.__table__), now=NOW)
 

@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Row, and_, bindparam, case, func, select, union_all
+from sqlalchemy import Row, and_, bindparam, case, func, literal, not_, select, union_all
 
 from vault.extensions import db
 from vault.models import (
@@ -20,7 +20,9 @@ from vault.models import (
     WorkerHeartbeat,
     utcnow,
 )
+from vault.queries.connection_list import renewable_per_row
 from vault.queries.connections import _SOON, NOW, Health, at, health_source
+from vault.queries.keyset import TOTAL_CAP, AtLeast
 
 ATTENTION = (Health.EXPIRING, Health.NEEDS_RECONNECT, Health.ERROR)
 
@@ -45,7 +47,6 @@ def _first(condition, *order):
 
 def _candidates():
     """At most ``limit`` rows from each place an attention state's most urgent rows are."""
-    source = health_source()
     usable = and_(Connection.status == ConnectionStatus.ACTIVE.value,
                   Connection.failure_count == 0)
     return union_all(
@@ -55,13 +56,15 @@ def _candidates():
                Connection.updated_at.desc()),
         # Expired with nothing to renew it: the most recently expired (a range of the index
         # back from now, stopped at ``limit`` unrenewable ones).
-        _first(and_(usable, Connection.expires_at <= NOW,
-                    source.health == Health.NEEDS_RECONNECT.value),
+        _first(and_(usable, Connection.expires_at <= NOW, not_(renewable_per_row())),
                Connection.expires_at.desc()),
+        # Most failures, ties latest expiry first: the (status, failure_count, expires_at)
+        # index read backwards, so only the first rows are read.
         _first(Connection.status == ConnectionStatus.ERROR.value,
-               Connection.failure_count.desc()),
+               Connection.failure_count.desc(), Connection.expires_at.desc()),
         _first(and_(Connection.status == ConnectionStatus.ACTIVE.value,
-                    Connection.failure_count > 0), Connection.failure_count.desc()),
+                    Connection.failure_count > 0),
+               Connection.failure_count.desc(), Connection.expires_at.desc()),
     ).subquery()
 
 
@@ -87,12 +90,35 @@ def _attention_statement():
 
 
 def key_id_counts() -> list[tuple[str, int]]:
-    """How many stored values sit under each encryption key id, most first."""
-    number = func.count().label("number")
-    statement = (
-        select(Token.key_id, number).group_by(Token.key_id).order_by(number.desc(), Token.key_id)
+    """How many stored values sit under each encryption key id, most first.
+
+    Each counted up to :data:`~vault.queries.keyset.TOTAL_CAP` (an :class:`AtLeast` past
+    it, "10,000+"): the key ids are found by skipping through ``ix_tokens_key_id`` (a few
+    index probes each), and what matters during a rotation, the values left under an old
+    key, is exact once it falls below the cap.
+    """
+    rows = db.session.execute(_key_ids_statement(), {"cap": TOTAL_CAP + 1})
+    counts = [(key_id, AtLeast(TOTAL_CAP) if number > TOTAL_CAP else number)
+              for key_id, number in rows]
+    return sorted(counts, key=lambda pair: (-pair[1], pair[0]))
+
+
+@functools.cache
+def _key_ids_statement():
+    # A loose index scan: the smallest key id, then the next one above it, and so on.
+    tokens = Token.__table__
+    first = select(func.min(tokens.c.key_id).label("key_id")).cte("key_ids", recursive=True)
+    following = select(
+        select(func.min(tokens.c.key_id)).where(tokens.c.key_id > first.c.key_id)
+        .scalar_subquery()
+    ).where(first.c.key_id.is_not(None))
+    key_ids = first.union_all(following)
+    capped = (
+        select(literal(1)).select_from(tokens).where(tokens.c.key_id == key_ids.c.key_id)
+        .correlate(key_ids).limit(bindparam("cap")).subquery()
     )
-    return [(key_id, count) for key_id, count in db.session.execute(statement)]
+    number = select(func.count()).select_from(capped).scalar_subquery()
+    return select(key_ids.c.key_id, number).where(key_ids.c.key_id.is_not(None))
 
 
 @dataclass(frozen=True)
