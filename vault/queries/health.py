@@ -139,11 +139,13 @@ class Bucket:
 def expiry_buckets(
     now: datetime | None = None, *, days: int = 7, hours: int = 6
 ) -> list[Bucket]:
-    """Usable credentials expiring in each ``hours``-long slot from today 00:00 UTC on.
+    """Active connections' credentials expiring in each ``hours``-long slot from today
+    00:00 UTC on, and their reconnect-by dates in the same slots.
 
     Whole days, so a chart's days line up: today (its slots before ``now`` are ``past``,
-    the current one counts from ``now``) and the ``days`` days after it. One statement: a
-    conditional count per slot over one range of expiries.
+    the current one counts from ``now``) and the ``days`` days after it. Each slot is a
+    range of an index counted up to :data:`BUCKET_CAP` (an :class:`AtLeast` past it,
+    "100+"), so the chart costs the same whatever the number of connections.
     """
     now = now or utcnow()
     step = timedelta(hours=hours)
@@ -153,14 +155,24 @@ def expiry_buckets(
     # Slot i counts [low_i, high_i): the first from now, the others whole.
     slots = {f"low_{n}": max(start, now) for n, start in enumerate(future)}
     slots |= {f"high_{n}": start + step for n, start in enumerate(future)}
-    counts = db.session.execute(_buckets_statement(len(future)), slots | at(now)).one()
-    reconnects = db.session.execute(_reconnect_statement(len(future)), slots | {"now": now}).one()
-    by_start = dict(zip(future, zip(counts, reconnects, strict=True), strict=True))
+    slots["cap"] = BUCKET_CAP + 1
+    counts = db.session.execute(_slots_statement("expires_at", len(future)), slots).one()
+    reconnects = db.session.execute(_slots_statement("reconnect_by", len(future)), slots).one()
+    by_start = dict(zip(future, zip(map(_bounded, counts), map(_bounded, reconnects),
+                                    strict=True), strict=True))
     return [
         Bucket(start, start + step, by_start[start][0], reconnect=by_start[start][1])
         if start in by_start else Bucket(start, start + step, 0, past=True)
         for start in starts
     ]
+
+
+# How many expiries (or reconnect-by dates) one slot of the chart counts at most.
+BUCKET_CAP = 100
+
+
+def _bounded(number: int) -> int:
+    return AtLeast(BUCKET_CAP) if number > BUCKET_CAP else number
 
 
 def _slot_bounds(slots: int) -> list[tuple]:
@@ -171,33 +183,21 @@ def _slot_bounds(slots: int) -> list[tuple]:
 
 
 @functools.cache
-def _reconnect_statement(slots: int):
-    """Reconnect-by dates per slot: one range over ``ix_connections_reconnect_by``."""
-    when = Connection.reconnect_by
-    bounds = _slot_bounds(slots)
-    counts = (func.count(case((and_(when >= low, when < high), 1))) for low, high in bounds)
-    return select(*counts).where(
-        Connection.status == ConnectionStatus.ACTIVE.value,
-        when >= NOW,
-        when < bounds[-1][1],
-    )
-
-
-@functools.cache
-def _buckets_statement(slots: int):
-    source = health_source()
-    expires = source.expires_at
-    bounds = _slot_bounds(slots)
-    counts = (func.count(case((and_(expires >= low, expires < high), 1))) for low, high in bounds)
-    return (
-        select(*counts)
-        .select_from(source.from_)
-        .where(
-            Connection.status == ConnectionStatus.ACTIVE.value,
-            expires >= NOW,
-            expires < bounds[-1][1],
+def _slots_statement(column: str, slots: int):
+    """Active connections with ``column`` in each slot, each counted up to ``cap``: one
+    short range of ``ix_connections_expires_at_id`` or ``ix_connections_reconnect_by``
+    per slot."""
+    when = getattr(Connection, column)
+    counts = []
+    for low, high in _slot_bounds(slots):
+        first = (
+            select(literal(1))
+            .where(Connection.status == ConnectionStatus.ACTIVE.value, when >= low, when < high)
+            .limit(bindparam("cap"))
+            .subquery()
         )
-    )
+        counts.append(select(func.count()).select_from(first).scalar_subquery())
+    return select(*counts)
 
 
 # A worker is late once its newest heartbeat is older than this many of its intervals.
