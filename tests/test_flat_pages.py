@@ -89,3 +89,21 @@ def test_key_id_counts_are_exact_below_the_cap_and_a_bound_past_it(app, monkeypa
     assert counts == {current: 2, "0ld0ld00": 2, "fffffff0": 1}
     assert isinstance(counts[current], AtLeast) and isinstance(counts["0ld0ld00"], AtLeast)
     assert type(counts["fffffff0"]) is int
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_search_total_counts_each_match_once_up_to_its_cap(app, monkeypatch):
+    for n in range(12):
+        # Some match by e-mail and name both: counted once.
+        db.session.add(Connection(
+            provider="acme", account_subject=f"dana-{n}" if n % 3 == 0 else f"s-{n}",
+            account_email=f"Dana{n}@example.com" if n % 2 else f"kim{n}@example.com",
+            account_name="Dana K" if n % 4 == 1 else None, status="active"))
+    db.session.commit()
+    expected = sum(1 for n in range(12) if n % 3 == 0 or n % 2 or n % 4 == 1)
+    page = list_connections(ConnectionFilters(search="DANA"))
+    assert page.total == expected == len(page.items) and type(page.total) is int
+    monkeypatch.setattr("vault.queries.connection_list.SEARCH_CAP", 3)
+    capped = list_connections(ConnectionFilters(search="dana"))
+    assert capped.total == 3 and isinstance(capped.total, AtLeast)
+    assert len(capped.items) == expected
