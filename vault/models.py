@@ -155,6 +155,7 @@ class Connection(TimestampMixin, Base):
         # the pages' time split of the counts is one range of the second.
         Index(None, "expires_at", "id"),
         Index(None, "status", "failure_count", "expires_at"),
+        Index(None, "status", "updated_at"),  # the health page's latest needs-reconnect
         # Search by the start of an e-mail, name or subject, whatever the case (PostgreSQL;
         # SQLite scans).
         *(

@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Row, and_, bindparam, case, func, literal, not_, select, union_all
+from sqlalchemy import Row, and_, bindparam, case, func, literal, select, union_all
 
 from vault.extensions import db
 from vault.models import (
@@ -20,7 +20,6 @@ from vault.models import (
     WorkerHeartbeat,
     utcnow,
 )
-from vault.queries.connection_list import renewable_per_row
 from vault.queries.connections import _SOON, NOW, Health, at, health_source
 from vault.queries.keyset import TOTAL_CAP, AtLeast
 
@@ -56,7 +55,8 @@ def _candidates():
                Connection.updated_at.desc()),
         # Expired with nothing to renew it: the most recently expired (a range of the index
         # back from now, stopped at ``limit`` unrenewable ones).
-        _first(and_(usable, Connection.expires_at <= NOW, not_(renewable_per_row())),
+        _first(and_(usable, Connection.expires_at <= NOW,
+                    health_source().health == Health.NEEDS_RECONNECT.value),
                Connection.expires_at.desc()),
         # Most failures, ties latest expiry first: the (status, failure_count, expires_at)
         # index read backwards, so only the first rows are read.
