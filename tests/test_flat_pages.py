@@ -14,9 +14,11 @@ from vault.extensions import db
 from vault.models import Connection, Token, utcnow
 from vault.queries.connection_list import ConnectionFilters, list_connections
 from vault.queries.connections import Health, at, health_source
-from vault.queries.health import key_id_counts
+from vault.queries.health import expiry_buckets, key_id_counts
 from vault.queries.keyset import AtLeast
 from vault.tokens.store import token_vault
+from vault.web.chart import expiry_chart
+from vault.web.filters import format_thousands
 
 PROVIDERS = """
 [acme]
@@ -107,3 +109,24 @@ def test_a_search_total_counts_each_match_once_up_to_its_cap(app, monkeypatch):
     capped = list_connections(ConnectionFilters(search="dana"))
     assert capped.total == 3 and isinstance(capped.total, AtLeast)
     assert len(capped.items) == expected
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_chart_slot_past_its_cap_reads_as_at_least_and_so_do_its_sums(app, monkeypatch):
+    now = utcnow().replace(hour=1, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    for n in range(3):
+        connection = Connection(provider="acme", account_subject=f"s-{n}", status="active",
+                                reconnect_by=now + timedelta(hours=1))
+        db.session.add(connection)
+        db.session.flush()
+        token_vault.store(connection, "access", f"access-value-{n:08d}",
+                          expires_at=now + timedelta(hours=2))
+    db.session.commit()
+    (exact,) = [bucket for bucket in expiry_buckets(now) if bucket.count]
+    assert (exact.count, exact.reconnect) == (3, 3) and type(exact.count) is int
+    monkeypatch.setattr("vault.queries.health.BUCKET_CAP", 2)
+    (bounded,) = [bucket for bucket in expiry_buckets(now) if bucket.count]
+    assert isinstance(bounded.count, AtLeast) and bounded.count == 2
+    assert isinstance(bounded.reconnect, AtLeast) and bounded.reconnect == 2
+    chart = expiry_chart(expiry_buckets(now), now)
+    assert isinstance(chart["total"], AtLeast) and format_thousands(chart["total"]) == "2+"
