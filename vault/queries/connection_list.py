@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, not_, or_, select, union
+from sqlalchemy import ColumnElement, Row, and_, func, not_, or_, select, union
 
 from vault.extensions import db
 from vault.grants import StoredRows, renewable_clause
@@ -108,6 +108,14 @@ def sort_keys(sort: str) -> list[Key]:
     return [*keys[sort], Key(Connection.id, kind=int)]
 
 
+@functools.cache
+def renewable_per_row() -> ColumnElement[bool]:
+    """Whether stored rows can renew the connection, as ``EXISTS`` lookups per connection:
+    cheap in a statement that walks an index and stops after a few rows."""
+    table = Connection.__table__
+    return renewable_clause(table, StoredRows.correlated(table, Token.__table__), now=NOW)
+
+
 # Each health as a condition on the connection's own columns (its definition, _health, read
 # backwards), the renewal check as EXISTS lookups per row: exactly the health expression's
 # answer, in a form the planner takes to an index, walking the sort's order and stopping
@@ -128,14 +136,6 @@ _HEALTH_CONDITIONS = {
     ),
     Health.DISCONNECTED: lambda: Connection.status == ConnectionStatus.DISCONNECTED.value,
 }
-
-
-@functools.cache
-def renewable_per_row():
-    """Whether stored rows can renew the connection, as ``EXISTS`` lookups per connection:
-    cheap in a statement that walks an index and stops after a few rows."""
-    table = Connection.__table__
-    return renewable_clause(table, StoredRows.correlated(table, Token.__table__), now=NOW)
 
 
 def _usable():

@@ -153,7 +153,9 @@ def expiry_buckets(
     starts = [midnight + step * n for n in range((days + 1) * 24 // hours)]
     future = [start for start in starts if start + step > now]
     # Slot i counts [low_i, high_i): the first from now, the others whole.
-    slots = {f"low_{n}": max(start, now) for n, start in enumerate(future)}
+    slots: dict[str, datetime | int] = {
+        f"low_{n}": max(start, now) for n, start in enumerate(future)
+    }
     slots |= {f"high_{n}": start + step for n, start in enumerate(future)}
     slots["cap"] = BUCKET_CAP + 1
     counts = db.session.execute(_slots_statement("expires_at", len(future)), slots).one()
