@@ -24,6 +24,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
@@ -153,11 +155,16 @@ class Connection(TimestampMixin, Base):
         # the pages' time split of the counts is one range of the second.
         Index(None, "expires_at", "id"),
         Index(None, "status", "failure_count", "expires_at"),
+        Index(None, "status", "updated_at"),  # the health page's latest needs-reconnect
         # Search by the start of an e-mail, name or subject, whatever the case (PostgreSQL;
         # SQLite scans).
         *(
-            Index(f"ix_connections_lower_{column}", text(f"lower({column})"),
-                  postgresql_ops={f"lower({column})": "text_pattern_ops"}).ddl_if(
+            # postgresql_ops names an expression by its label: keyed by the expression's
+            # text, the operator class was silently left out, and LIKE 'prefix%' cannot use
+            # a plain index unless the collation is C (migration 0016 writes the same).
+            Index(f"ix_connections_lower_{column}",
+                  func.lower(literal_column(column)).label(f"lower_{column}"),
+                  postgresql_ops={f"lower_{column}": "text_pattern_ops"}).ddl_if(
                       dialect="postgresql")
             for column in ("account_email", "account_name", "account_subject")
         ),

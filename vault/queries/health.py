@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Row, and_, bindparam, case, func, select, union_all
+from sqlalchemy import Row, and_, bindparam, case, func, literal, select, union_all
 
 from vault.extensions import db
 from vault.models import (
@@ -21,6 +21,7 @@ from vault.models import (
     utcnow,
 )
 from vault.queries.connections import _SOON, NOW, Health, at, health_source
+from vault.queries.keyset import TOTAL_CAP, AtLeast
 
 ATTENTION = (Health.EXPIRING, Health.NEEDS_RECONNECT, Health.ERROR)
 
@@ -45,7 +46,6 @@ def _first(condition, *order):
 
 def _candidates():
     """At most ``limit`` rows from each place an attention state's most urgent rows are."""
-    source = health_source()
     usable = and_(Connection.status == ConnectionStatus.ACTIVE.value,
                   Connection.failure_count == 0)
     return union_all(
@@ -56,12 +56,15 @@ def _candidates():
         # Expired with nothing to renew it: the most recently expired (a range of the index
         # back from now, stopped at ``limit`` unrenewable ones).
         _first(and_(usable, Connection.expires_at <= NOW,
-                    source.health == Health.NEEDS_RECONNECT.value),
+                    health_source().health == Health.NEEDS_RECONNECT.value),
                Connection.expires_at.desc()),
+        # Most failures, ties latest expiry first: the (status, failure_count, expires_at)
+        # index read backwards, so only the first rows are read.
         _first(Connection.status == ConnectionStatus.ERROR.value,
-               Connection.failure_count.desc()),
+               Connection.failure_count.desc(), Connection.expires_at.desc()),
         _first(and_(Connection.status == ConnectionStatus.ACTIVE.value,
-                    Connection.failure_count > 0), Connection.failure_count.desc()),
+                    Connection.failure_count > 0),
+               Connection.failure_count.desc(), Connection.expires_at.desc()),
     ).subquery()
 
 
@@ -87,12 +90,35 @@ def _attention_statement():
 
 
 def key_id_counts() -> list[tuple[str, int]]:
-    """How many stored values sit under each encryption key id, most first."""
-    number = func.count().label("number")
-    statement = (
-        select(Token.key_id, number).group_by(Token.key_id).order_by(number.desc(), Token.key_id)
+    """How many stored values sit under each encryption key id, most first.
+
+    Each counted up to :data:`~vault.queries.keyset.TOTAL_CAP` (an :class:`AtLeast` past
+    it, "10,000+"): the key ids are found by skipping through ``ix_tokens_key_id`` (a few
+    index probes each), and what matters during a rotation, the values left under an old
+    key, is exact once it falls below the cap.
+    """
+    rows = db.session.execute(_key_ids_statement(), {"cap": TOTAL_CAP + 1})
+    counts = [(key_id, AtLeast(TOTAL_CAP) if number > TOTAL_CAP else number)
+              for key_id, number in rows]
+    return sorted(counts, key=lambda pair: (-pair[1], pair[0]))
+
+
+@functools.cache
+def _key_ids_statement():
+    # A loose index scan: the smallest key id, then the next one above it, and so on.
+    tokens = Token.__table__
+    first = select(func.min(tokens.c.key_id).label("key_id")).cte("key_ids", recursive=True)
+    following = select(
+        select(func.min(tokens.c.key_id)).where(tokens.c.key_id > first.c.key_id)
+        .scalar_subquery()
+    ).where(first.c.key_id.is_not(None))
+    key_ids = first.union_all(following)
+    capped = (
+        select(literal(1)).select_from(tokens).where(tokens.c.key_id == key_ids.c.key_id)
+        .correlate(key_ids).limit(bindparam("cap")).subquery()
     )
-    return [(key_id, count) for key_id, count in db.session.execute(statement)]
+    number = select(func.count()).select_from(capped).scalar_subquery()
+    return select(key_ids.c.key_id, number).where(key_ids.c.key_id.is_not(None))
 
 
 @dataclass(frozen=True)
@@ -113,11 +139,13 @@ class Bucket:
 def expiry_buckets(
     now: datetime | None = None, *, days: int = 7, hours: int = 6
 ) -> list[Bucket]:
-    """Usable credentials expiring in each ``hours``-long slot from today 00:00 UTC on.
+    """Active connections' credentials expiring in each ``hours``-long slot from today
+    00:00 UTC on, and their reconnect-by dates in the same slots.
 
     Whole days, so a chart's days line up: today (its slots before ``now`` are ``past``,
-    the current one counts from ``now``) and the ``days`` days after it. One statement: a
-    conditional count per slot over one range of expiries.
+    the current one counts from ``now``) and the ``days`` days after it. Each slot is a
+    range of an index counted up to :data:`BUCKET_CAP` (an :class:`AtLeast` past it,
+    "100+"), so the chart costs the same whatever the number of connections.
     """
     now = now or utcnow()
     step = timedelta(hours=hours)
@@ -125,16 +153,28 @@ def expiry_buckets(
     starts = [midnight + step * n for n in range((days + 1) * 24 // hours)]
     future = [start for start in starts if start + step > now]
     # Slot i counts [low_i, high_i): the first from now, the others whole.
-    slots = {f"low_{n}": max(start, now) for n, start in enumerate(future)}
+    slots: dict[str, datetime | int] = {
+        f"low_{n}": max(start, now) for n, start in enumerate(future)
+    }
     slots |= {f"high_{n}": start + step for n, start in enumerate(future)}
-    counts = db.session.execute(_buckets_statement(len(future)), slots | at(now)).one()
-    reconnects = db.session.execute(_reconnect_statement(len(future)), slots | {"now": now}).one()
-    by_start = dict(zip(future, zip(counts, reconnects, strict=True), strict=True))
+    slots["cap"] = BUCKET_CAP + 1
+    counts = db.session.execute(_slots_statement("expires_at", len(future)), slots).one()
+    reconnects = db.session.execute(_slots_statement("reconnect_by", len(future)), slots).one()
+    by_start = dict(zip(future, zip(map(_bounded, counts), map(_bounded, reconnects),
+                                    strict=True), strict=True))
     return [
         Bucket(start, start + step, by_start[start][0], reconnect=by_start[start][1])
         if start in by_start else Bucket(start, start + step, 0, past=True)
         for start in starts
     ]
+
+
+# How many expiries (or reconnect-by dates) one slot of the chart counts at most.
+BUCKET_CAP = 100
+
+
+def _bounded(number: int) -> int:
+    return AtLeast(BUCKET_CAP) if number > BUCKET_CAP else number
 
 
 def _slot_bounds(slots: int) -> list[tuple]:
@@ -145,33 +185,21 @@ def _slot_bounds(slots: int) -> list[tuple]:
 
 
 @functools.cache
-def _reconnect_statement(slots: int):
-    """Reconnect-by dates per slot: one range over ``ix_connections_reconnect_by``."""
-    when = Connection.reconnect_by
-    bounds = _slot_bounds(slots)
-    counts = (func.count(case((and_(when >= low, when < high), 1))) for low, high in bounds)
-    return select(*counts).where(
-        Connection.status == ConnectionStatus.ACTIVE.value,
-        when >= NOW,
-        when < bounds[-1][1],
-    )
-
-
-@functools.cache
-def _buckets_statement(slots: int):
-    source = health_source()
-    expires = source.expires_at
-    bounds = _slot_bounds(slots)
-    counts = (func.count(case((and_(expires >= low, expires < high), 1))) for low, high in bounds)
-    return (
-        select(*counts)
-        .select_from(source.from_)
-        .where(
-            Connection.status == ConnectionStatus.ACTIVE.value,
-            expires >= NOW,
-            expires < bounds[-1][1],
+def _slots_statement(column: str, slots: int):
+    """Active connections with ``column`` in each slot, each counted up to ``cap``: one
+    short range of ``ix_connections_expires_at_id`` or ``ix_connections_reconnect_by``
+    per slot."""
+    when = getattr(Connection, column)
+    counts = []
+    for low, high in _slot_bounds(slots):
+        first = (
+            select(literal(1))
+            .where(Connection.status == ConnectionStatus.ACTIVE.value, when >= low, when < high)
+            .limit(bindparam("cap"))
+            .subquery()
         )
-    )
+        counts.append(select(func.count()).select_from(first).scalar_subquery())
+    return select(*counts)
 
 
 # A worker is late once its newest heartbeat is older than this many of its intervals.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from vault.queries.health import Bucket
+from vault.queries.keyset import AtLeast
 
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 720, 240, 48, 8, 16, 52
 
@@ -26,6 +27,19 @@ class Bar:
     reconnect_x: float = 0.0
     reconnect_y: float = 0.0
     reconnect_height: float = 0.0
+
+
+def _add(total: int, number: int) -> int:
+    # A slot counted up to its cap makes every sum it is in a lower bound ("1,200+").
+    added = total + number
+    return AtLeast(added) if isinstance(total, AtLeast) or isinstance(number, AtLeast) else added
+
+
+def _sum(numbers) -> int:
+    total = 0
+    for number in numbers:
+        total = _add(total, number)
+    return total
 
 
 def expiry_chart(buckets: list[Bucket], now: datetime) -> dict:
@@ -52,7 +66,7 @@ def expiry_chart(buckets: list[Bucket], now: datetime) -> dict:
         start = bar.bucket.start
         day = days.setdefault(f"{start:%a} {start.day} {start:%b}", {"xs": [], "total": 0})
         day["xs"].append(bar.x + bar.width)
-        day["total"] += bar.bucket.count
+        day["total"] = _add(day["total"], bar.bucket.count)
     span = (buckets[-1].end - buckets[0].start) if buckets else timedelta(days=1)
     coming = [bucket for bucket in buckets if not bucket.past]
     busiest = max(coming, key=lambda bucket: bucket.count, default=None)
@@ -72,8 +86,8 @@ def expiry_chart(buckets: list[Bucket], now: datetime) -> dict:
             (sum(day["xs"]) / len(day["xs"]), label, day["total"]) for label, day in days.items()
         ],
         "now_x": LEFT + plot_width * ((now - buckets[0].start) / span) if buckets else LEFT,
-        "total": sum(bucket.count for bucket in coming),
-        "reconnect_total": sum(bucket.reconnect for bucket in coming),
+        "total": _sum(bucket.count for bucket in coming),
+        "reconnect_total": _sum(bucket.reconnect for bucket in coming),
         "busiest": busiest if busiest is not None and busiest.count else None,
     }
 
