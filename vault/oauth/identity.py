@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from vault.oauth.clients import ProviderClient
 from vault.oauth.discovery import server_metadata
 from vault.oauth.errors import ProviderFailure
 from vault.oauth.tokens import fetch_userinfo
+from vault.providers.registry import Provider
 from vault.redact import redact_known
 
 # The key, in a flow's server-side state, of what start() was asked to remember.
@@ -87,29 +90,39 @@ def complete(client: ProviderClient) -> Authorization:
     except IdentityError:
         discard_state(client)
         raise
+    with _failures_as_identity_errors(provider):
+        try:
+            token = client.authorize_access_token(claims_options=_claims_options(client, issuer))
+            if not token.get("access_token"):
+                raise IdentityError(f"{provider.title} answered without an access token.")
+            claims = _identity_claims(client, dict(token))
+        except MismatchingStateError:
+            raise IdentityError("This answer does not belong to a request started here, or "
+                                "it was already used. Start again.") from None
+        except OAuthError as error:
+            # The token endpoint's own words, minus anything it echoed of what it was sent.
+            said = redact_known(provider_error_text(error.error, error.description),
+                                [provider.client_secret or "", request.args.get("code") or ""])
+            raise IdentityError(f"{provider.title} refused to issue tokens: {said}") from None
+        except requests.HTTPError as error:
+            status = error.response.status_code if error.response is not None else "an error"
+            raise IdentityError(f"{provider.title}'s token endpoint answered HTTP {status}.",
+                                502) from None
+        except requests.JSONDecodeError:
+            raise IdentityError(f"{provider.title}'s token endpoint answered with something "
+                                "that is not JSON.", 502) from None
+    return Authorization(token=dict(token), claims=claims)
+
+
+@contextmanager
+def _failures_as_identity_errors(provider: Provider) -> Iterator[None]:
+    # What any identity step can meet, in words safe to show; the code exchange catches its
+    # own cases (refusals, HTTP errors, non-JSON answers) first.
     try:
-        token = client.authorize_access_token(claims_options=_claims_options(client, issuer))
-        if not token.get("access_token"):
-            raise IdentityError(f"{provider.title} answered without an access token.")
-        claims = _identity_claims(client, dict(token))
-    except MismatchingStateError:
-        raise IdentityError("This answer does not belong to a request started here, or it "
-                            "was already used. Start again.") from None
-    except OAuthError as error:
-        # The token endpoint's own words, minus anything it echoed of what it was sent.
-        said = redact_known(provider_error_text(error.error, error.description),
-                            [provider.client_secret or "", request.args.get("code") or ""])
-        raise IdentityError(f"{provider.title} refused to issue tokens: {said}") from None
+        yield
     except ProviderFailure as error:
         raise IdentityError(f"{provider.title} could not complete the request: {error}.",
                             502) from None
-    except requests.HTTPError as error:
-        status = error.response.status_code if error.response is not None else "an error"
-        raise IdentityError(f"{provider.title}'s token endpoint answered HTTP {status}.",
-                            502) from None
-    except requests.JSONDecodeError:
-        raise IdentityError(f"{provider.title}'s token endpoint answered with something that "
-                            "is not JSON.", 502) from None
     except requests.RequestException as error:
         raise IdentityError(f"{provider.title} could not be reached ({type(error).__name__}).",
                             502) from None
@@ -124,7 +137,6 @@ def complete(client: ProviderClient) -> Authorization:
                                    provider.key, type(error).__name__)
         raise IdentityError(f"{provider.title}'s answer could not be verified "
                             f"({type(error).__name__}).") from None
-    return Authorization(token=dict(token), claims=claims)
 
 
 def _check_authorization_response(client: ProviderClient) -> str | None:
@@ -251,7 +263,7 @@ def identity_of_token_answer(client: ProviderClient, token: dict[str, Any]) -> d
     :func:`complete` does for a callback. Raises :class:`IdentityError`.
     """
     provider = client.provider
-    try:
+    with _failures_as_identity_errors(provider):
         issuer = server_metadata(provider).get("issuer")
         if provider.type == "oidc" and not issuer:
             raise IdentityError(f"{provider.title}'s discovery document names no issuer.", 502)
@@ -261,18 +273,3 @@ def identity_of_token_answer(client: ProviderClient, token: dict[str, Any]) -> d
                 answer, nonce=None, claims_options=_claims_options(client, issuer)
             )
         return _identity_claims(client, answer)
-    except ProviderFailure as error:
-        raise IdentityError(f"{provider.title} could not complete the request: {error}.",
-                            502) from None
-    except requests.RequestException as error:
-        raise IdentityError(f"{provider.title} could not be reached ({type(error).__name__}).",
-                            502) from None
-    except RuntimeError as error:
-        current_app.logger.warning("%s: %s", provider.key, error)
-        raise IdentityError(f"{provider.title}'s metadata lacks what is needed to verify its "
-                            "answer (no signing keys); check the providers file.", 502) from None
-    except _UNVERIFIABLE as error:
-        current_app.logger.warning("%s: the answer failed verification: %s",
-                                   provider.key, type(error).__name__)
-        raise IdentityError(f"{provider.title}'s answer could not be verified "
-                            f"({type(error).__name__}).") from None
