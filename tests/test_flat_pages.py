@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from vault.extensions import db
-from vault.models import Connection, Token, utcnow
+from vault.models import Connection, ConnectionTag, Token, utcnow
 from vault.queries.connection_list import ConnectionFilters, list_connections
 from vault.queries.connections import Health, at, health_source
 from vault.queries.health import expiry_buckets, key_id_counts
@@ -109,6 +109,28 @@ def test_a_search_total_counts_each_match_once_up_to_its_cap(app, monkeypatch):
     capped = list_connections(ConnectionFilters(search="dana"))
     assert capped.total == 3 and isinstance(capped.total, AtLeast)
     assert len(capped.items) == expected
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_tag_total_counts_the_listed_connections_alone_and_with_other_filters(
+        app, monkeypatch):
+    fill(60)
+    ids = db.session.scalars(select(Connection.id).order_by(Connection.id)).all()
+    for connection_id in ids[::2]:
+        db.session.add(ConnectionTag(connection_id=connection_id, tag="billing"))
+    db.session.add(ConnectionTag(connection_id=ids[1], tag="crm"))
+    db.session.commit()
+    for filters in (ConnectionFilters(tag="billing"), ConnectionFilters(tag="crm"),
+                    ConnectionFilters(tag="billing", health=Health.ERROR),
+                    ConnectionFilters(tag="billing", provider="other"),
+                    ConnectionFilters(tag="nobody")):
+        page = list_connections(filters, size=1000)
+        assert page.total == len(page.items) and type(page.total) is int, filters
+    assert list_connections(ConnectionFilters(tag="billing"), size=1000).total == 30
+    monkeypatch.setattr("vault.queries.keyset.TOTAL_CAP", 4)
+    capped = list_connections(ConnectionFilters(tag="billing"), size=1000)
+    assert capped.total == 4 and isinstance(capped.total, AtLeast)
+    assert len(capped.items) == 30
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)

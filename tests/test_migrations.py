@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -9,6 +11,7 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
 
 from vault import create_app
+from tests.support.databases import temporary_database
 from vault.extensions import db
 
 EXPECTED_TABLES = {"users", "connections", "tokens", "service_keys", "audit_events"}
@@ -38,6 +41,42 @@ def test_migrations_match_the_models(migrated_app):
         tables = set(inspect(connection).get_table_names())
     assert differences == []
     assert EXPECTED_TABLES <= tables
+
+
+def database_objects(engine) -> dict[str, str]:
+    """The triggers, their functions and the indexes, by name, whitespace folded: what
+    compare_metadata does not see (triggers, PostgreSQL's INCLUDE columns)."""
+    if engine.dialect.name == "postgresql":
+        queries = (
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal",
+            "SELECT proname, prosrc FROM pg_proc "
+            "WHERE pronamespace = 'public'::regnamespace",
+        )
+    else:
+        queries = ("SELECT name, sql FROM sqlite_master WHERE type IN ('trigger', 'index') "
+                   "AND sql IS NOT NULL",)
+    with engine.connect() as connection:
+        return {name: " ".join(definition.replace("(", " ( ").replace(")", " ) ").split())
+                for query in queries for name, definition in connection.execute(text(query))
+                if not name.startswith("alembic_version")}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_migrations_install_the_triggers_and_indexes_the_models_do(migrated_app, tmp_path):
+    migrated = database_objects(db.engine)
+    if db.engine.dialect.name == "postgresql":
+        built = temporary_database(db.engine.url, prefix="tokenvault_test")
+    else:
+        built = contextlib.nullcontext(f"sqlite:///{tmp_path / 'built.db'}")
+    with built as url:
+        application = create_app({**migrated_app.config, "DATABASE_URL": url})
+        with application.app_context():
+            db.create_all()
+            created = database_objects(db.engine)
+            db.engine.dispose()
+    assert "connection_tokens_update" in created
+    assert migrated == created
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)

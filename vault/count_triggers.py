@@ -1,5 +1,5 @@
-"""The triggers that keep ``connection_counts`` exact and ``connections.expires_at`` current,
-on PostgreSQL and SQLite.
+"""The triggers that keep ``connection_counts`` exact and the token copies on ``connections``
+current, on PostgreSQL and SQLite.
 
 ``connection_counts`` holds how many connections there are per (``provider``, ``status``,
 ``failing``), ``failing`` being ``failure_count > 0``: everything a connection's health
@@ -8,16 +8,19 @@ Database triggers rather than code paths keep it, so every way a row changes (th
 UPDATEs of the refresh engine, COPY of ``seed-demo``, a DELETE by hand) moves the count in the
 same transaction as the row. An UPDATE that leaves the three columns alone moves nothing.
 
-``connections.expires_at`` is the expiry the pages show and sort by: the access token's, else
-the API key's (``tokens.expires_at``). Triggers on ``tokens`` copy it whenever such a row is
-inserted, deleted or its expiry moves (a re-encryption moves nothing), so the connections list
-pages through an index on ``connections`` alone.
+``connections`` also carries copies of what its token rows say (:data:`TOKEN_COPIES`): the
+expiry the pages show and sort by (``expires_at``: the access token's, else the API key's),
+and what the renewal check reads (the refresh token's validity and expiry; whether an API
+key, an API secret, a private key are stored). Triggers on ``tokens`` copy them whenever a
+row is inserted, deleted, or its expiry, validity, kind or connection moves (a re-encryption
+moves nothing), so the pages' lists, counts and health read ``connections`` alone, through
+its indexes, without a lookup per row in ``tokens``.
 
 On PostgreSQL the triggers run once per statement over its transition tables (see below);
 on SQLite, which has one writer at a time, once per row.
 
 :func:`attach` installs them wherever ``create_all`` builds the schema (the tests, the
-benchmarks); migration 0016 installs the same statements, written out there.
+benchmarks); migrations 0016 and 0021 install the same statements, written out there.
 """
 
 from __future__ import annotations
@@ -80,70 +83,81 @@ POSTGRESQL: tuple[str, ...] = (
     """,
 )
 
-_EXPIRES_AT = """
-    coalesce(
-        (SELECT expires_at FROM tokens WHERE connection_id = {row}.connection_id
-           AND kind = 'access'),
-        (SELECT expires_at FROM tokens WHERE connection_id = {row}.connection_id
-           AND kind = 'api_key'))
-"""
-_COPY_EXPIRY = f"""
-    UPDATE connections SET expires_at = moved.expires_at
+# What a connection's token rows say about it, copied onto the connection row (each value an
+# expression on the token rows of the connection ``{connection}``): the expiry the pages
+# show and sort by (the access token's, else the API key's), and what the renewal check reads
+# (vault.grants.StoredRows.copied): the refresh token's validity (NULL without one) and
+# expiry, and whether an API key, an API secret and a private key are stored.
+_ONE = ("(SELECT {column} FROM tokens"
+        " WHERE connection_id = {{connection}} AND kind = '{kind}')")
+_STORED = ("EXISTS (SELECT 1 FROM tokens"
+           " WHERE connection_id = {{connection}} AND kind = '{kind}')")
+TOKEN_COPIES = {
+    "expires_at": f"coalesce({_ONE.format(column='expires_at', kind='access')}, "
+                  f"{_ONE.format(column='expires_at', kind='api_key')})",
+    "refresh_token_valid": _ONE.format(column="is_valid", kind="refresh"),
+    "refresh_token_expires_at": _ONE.format(column="expires_at", kind="refresh"),
+    "has_api_key": _STORED.format(kind="api_key"),
+    "has_api_secret": _STORED.format(kind="api_secret"),
+    "has_private_key": _STORED.format(kind="private_key"),
+}
+_COPY = f"""
+    UPDATE connections SET {", ".join(f"{column} = copied.{column}" for column in TOKEN_COPIES)}
     FROM (
-        SELECT changed.connection_id, {_EXPIRES_AT.format(row="changed")} AS expires_at
-        FROM (SELECT DISTINCT connection_id FROM ({{changed}}) AS rows
-              WHERE kind IN ('access', 'api_key')) AS changed
-    ) AS moved
-    WHERE connections.id = moved.connection_id
-      AND connections.expires_at IS DISTINCT FROM moved.expires_at;
+        SELECT changed.connection_id,
+               {", ".join(f"{value.format(connection='changed.connection_id')} AS {column}"
+                          for column, value in TOKEN_COPIES.items())}
+        FROM (SELECT DISTINCT connection_id FROM ({{changed}}) AS rows) AS changed
+    ) AS copied
+    WHERE connections.id = copied.connection_id
+      AND ({", ".join(f"connections.{column}" for column in TOKEN_COPIES)}) IS DISTINCT FROM
+          ({", ".join(f"copied.{column}" for column in TOKEN_COPIES)});
 """
 _TOKEN_MOVED = """
     FROM old_rows o JOIN new_rows n ON n.id = o.id
-    WHERE (o.expires_at, o.kind, o.connection_id) IS DISTINCT FROM
-          (n.expires_at, n.kind, n.connection_id)
+    WHERE (o.expires_at, o.is_valid, o.kind, o.connection_id) IS DISTINCT FROM
+          (n.expires_at, n.is_valid, n.kind, n.connection_id)
 """
 POSTGRESQL += (
     f"""
-    CREATE OR REPLACE FUNCTION connection_expiry_copy() RETURNS trigger
+    CREATE OR REPLACE FUNCTION connection_tokens_copy() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'INSERT' THEN
-            {_COPY_EXPIRY.format(changed="SELECT connection_id, kind FROM new_rows")}
+            {_COPY.format(changed="SELECT connection_id FROM new_rows")}
         ELSIF TG_OP = 'DELETE' THEN
-            {_COPY_EXPIRY.format(changed="SELECT connection_id, kind FROM old_rows")}
+            {_COPY.format(changed="SELECT connection_id FROM old_rows")}
         ELSE
-            {_COPY_EXPIRY.format(changed=f"SELECT o.connection_id, o.kind {_TOKEN_MOVED} "
-                                 f"UNION SELECT n.connection_id, n.kind {_TOKEN_MOVED}")}
+            {_COPY.format(changed=f"SELECT o.connection_id {_TOKEN_MOVED} "
+                          f"UNION SELECT n.connection_id {_TOKEN_MOVED}")}
         END IF;
         RETURN NULL;
     END
     $$
     """,
     """
-    CREATE TRIGGER connection_expiry_insert AFTER INSERT ON tokens
+    CREATE TRIGGER connection_tokens_insert AFTER INSERT ON tokens
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_expiry_copy()
+    FOR EACH STATEMENT EXECUTE FUNCTION connection_tokens_copy()
     """,
     """
-    CREATE TRIGGER connection_expiry_update AFTER UPDATE ON tokens
+    CREATE TRIGGER connection_tokens_update AFTER UPDATE ON tokens
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_expiry_copy()
+    FOR EACH STATEMENT EXECUTE FUNCTION connection_tokens_copy()
     """,
     """
-    CREATE TRIGGER connection_expiry_delete AFTER DELETE ON tokens
+    CREATE TRIGGER connection_tokens_delete AFTER DELETE ON tokens
     REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_expiry_copy()
+    FOR EACH STATEMENT EXECUTE FUNCTION connection_tokens_copy()
     """,
 )
 
 # SQLite: row triggers (one writer at a time, and no row versions to pile up).
-_EXPIRY = """
-    UPDATE connections SET expires_at = coalesce(
-        (SELECT expires_at FROM tokens WHERE connection_id = {row}.connection_id
-           AND kind = 'access'),
-        (SELECT expires_at FROM tokens WHERE connection_id = {row}.connection_id
-           AND kind = 'api_key'))
-    WHERE id = {row}.connection_id;
+_COPY_ROW = f"""
+    UPDATE connections
+    SET {", ".join(f"{column} = {value.format(connection='{row}.connection_id')}"
+                   for column, value in TOKEN_COPIES.items())}
+    WHERE id = {{row}}.connection_id;
 """
 _SQLITE_ADD = """
     INSERT INTO connection_counts (provider, status, failing, count)
@@ -165,20 +179,16 @@ SQLITE = (
          OR (OLD.failure_count > 0) IS NOT (NEW.failure_count > 0)
     BEGIN {_SQLITE_REMOVE} {_SQLITE_ADD} END
     """,
+    f"CREATE TRIGGER connection_tokens_insert AFTER INSERT ON tokens "
+    f"BEGIN {_COPY_ROW.format(row='NEW')} END",
+    f"CREATE TRIGGER connection_tokens_delete AFTER DELETE ON tokens "
+    f"BEGIN {_COPY_ROW.format(row='OLD')} END",
     f"""
-    CREATE TRIGGER connection_expiry_insert AFTER INSERT ON tokens
-    WHEN NEW.kind IN ('access', 'api_key') BEGIN {_EXPIRY.format(row="NEW")} END
-    """,
-    f"""
-    CREATE TRIGGER connection_expiry_delete AFTER DELETE ON tokens
-    WHEN OLD.kind IN ('access', 'api_key') BEGIN {_EXPIRY.format(row="OLD")} END
-    """,
-    f"""
-    CREATE TRIGGER connection_expiry_update AFTER UPDATE OF expires_at, kind, connection_id
-    ON tokens
-    WHEN OLD.expires_at IS NOT NEW.expires_at OR OLD.kind IS NOT NEW.kind
-         OR OLD.connection_id IS NOT NEW.connection_id
-    BEGIN {_EXPIRY.format(row="OLD")} {_EXPIRY.format(row="NEW")} END
+    CREATE TRIGGER connection_tokens_update AFTER UPDATE OF expires_at, is_valid, kind,
+    connection_id ON tokens
+    WHEN OLD.expires_at IS NOT NEW.expires_at OR OLD.is_valid IS NOT NEW.is_valid
+         OR OLD.kind IS NOT NEW.kind OR OLD.connection_id IS NOT NEW.connection_id
+    BEGIN {_COPY_ROW.format(row="OLD")} {_COPY_ROW.format(row="NEW")} END
     """,
 )
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     func,
     literal_column,
     text,
@@ -162,10 +163,12 @@ class Connection(TimestampMixin, Base):
             # postgresql_ops names an expression by its label: keyed by the expression's
             # text, the operator class was silently left out, and LIKE 'prefix%' cannot use
             # a plain index unless the collation is C (migration 0016 writes the same).
+            # The column itself and the id ride along (INCLUDE), so a search's capped total
+            # is counted from the index alone, without a visit to each matching row.
             Index(f"ix_connections_lower_{column}",
                   func.lower(literal_column(column)).label(f"lower_{column}"),
-                  postgresql_ops={f"lower_{column}": "text_pattern_ops"}).ddl_if(
-                      dialect="postgresql")
+                  postgresql_ops={f"lower_{column}": "text_pattern_ops"},
+                  postgresql_include=[column, "id"]).ddl_if(dialect="postgresql")
             for column in ("account_email", "account_name", "account_subject")
         ),
     )
@@ -211,9 +214,18 @@ class Connection(TimestampMixin, Base):
     # private_key_id, a jwt_bearer provider's key id): shown, never secret; its age is the
     # private_key token row's created_at.
     credential_key_id: Mapped[str | None] = mapped_column(String(128))
-    # The expiry the pages show: the access token's, else the API key's. Copied from
-    # tokens.expires_at by database triggers (vault/count_triggers.py), never written here.
+    # Copies of what the connection's token rows say, kept by database triggers on tokens
+    # (vault/count_triggers.py, TOKEN_COPIES) and never written here, so the pages read
+    # connections alone. The expiry the pages show: the access token's, else the API key's.
     expires_at: Mapped[datetime | None]
+    # What the renewal check reads (vault.grants.StoredRows.copied): the refresh token's
+    # validity (None without one) and expiry; whether an API key, an API secret and a
+    # service account's private key are stored.
+    refresh_token_valid: Mapped[bool | None]
+    refresh_token_expires_at: Mapped[datetime | None]
+    has_api_key: Mapped[bool] = mapped_column(server_default=false())
+    has_api_secret: Mapped[bool] = mapped_column(server_default=false())
+    has_private_key: Mapped[bool] = mapped_column(server_default=false())
 
     created_by: Mapped[User | None] = relationship()
     tokens: Mapped[list[Token]] = relationship(

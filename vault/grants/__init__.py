@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import ColumnElement, and_, bindparam, exists, or_
@@ -296,33 +297,17 @@ class GrantProviders:
 class StoredRows:
     """How a SQL statement sees a connection's token rows, for :func:`renewable_clause`.
 
-    Two physical forms of the same logic: :meth:`joined` for a statement that outer-joins a
-    ``tokens`` alias per kind (the dashboard, which shows their columns and aggregates over
-    every connection with hash joins), :meth:`correlated` for one that only filters (the
-    ``refresh-due`` claim, which walks the access tokens by expiry and looks the other kinds
-    up per row, a plan that stays cheap whatever the table's statistics say).
+    Two physical forms of the same logic: :meth:`copied` for a statement over many
+    connections (the dashboard's lists, counts and health, which read the copies the
+    triggers keep on ``connections``), :meth:`correlated` for one that looks the rows up
+    (the ``refresh-due`` claim, which walks the access tokens by expiry and looks the other
+    kinds up per row, a plan that stays cheap whatever the table's statistics say): reading
+    ``tokens`` itself, it stays independent of the copies, and the tests hold the two to
+    each other.
     """
 
     def __init__(self, has: Callable[[TokenKind, Callable[[Any], list[Any]]], Any]):
         self._has = has
-
-    @classmethod
-    def joined(
-        cls, aliases: dict[TokenKind, Any], fallback: StoredRows | None = None
-    ) -> StoredRows:
-        """Outer-joined aliases by kind: a row is there when its ``connection_id`` is.
-
-        ``fallback`` answers for the kinds without an alias (a service account's key file:
-        only its few connections ever look it up, so it is not worth a join for all).
-        """
-
-        def has(kind: TokenKind, conditions: Callable[[Any], list[Any]]) -> Any:
-            if kind not in aliases and fallback is not None:
-                return fallback.has(kind, conditions)
-            alias = aliases[kind]
-            return and_(alias.c.connection_id.is_not(None), *conditions(alias))
-
-        return cls(has)
 
     @classmethod
     def correlated(cls, connections: Any, tokens: Any) -> StoredRows:
@@ -335,6 +320,32 @@ class StoredRows:
                 row.c.kind == kind.value,
                 *conditions(row),
             )
+
+        return cls(has)
+
+    @classmethod
+    def copied(cls, connections: Any) -> StoredRows:
+        """The copies of the token rows' facts on ``connections`` itself, kept by the
+        triggers on ``tokens`` (:data:`vault.count_triggers.TOKEN_COPIES`): no lookup in
+        ``tokens`` at all, so a statement over many connections reads one table.
+
+        The refresh token is the one kind whose rows are checked (validity, expiry); the
+        others are only ever asked whether they are there.
+        """
+        columns = connections.c
+        refresh = SimpleNamespace(c=SimpleNamespace(
+            is_valid=columns.refresh_token_valid, expires_at=columns.refresh_token_expires_at))
+        present = {
+            TokenKind.API_KEY: columns.has_api_key,
+            TokenKind.API_SECRET: columns.has_api_secret,
+            TokenKind.PRIVATE_KEY: columns.has_private_key,
+        }
+
+        def has(kind: TokenKind, conditions: Callable[[Any], list[Any]]) -> Any:
+            if kind is TokenKind.REFRESH:
+                return and_(columns.refresh_token_valid.is_not(None), *conditions(refresh))
+            assert not conditions(None), f"only whether a {kind.value} is stored is copied"
+            return present[kind].is_(True)
 
         return cls(has)
 

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Row, Table, func, select
 from vault.extensions import db
 from vault.models import AuditEvent
 from vault.queries.connections import PAGE_SIZE, positive_int
-from vault.queries.keyset import Cursor, Key, Page, capped_count, page_of
+from vault.queries.keyset import Cursor, Key, Page, capped_count, distinct_values, page_of
 from vault.queries.keyset import after as keyset_after
 
 EXPORT_BATCH_SIZE = 1000
@@ -135,8 +135,11 @@ def list_audit(filters: AuditFilters, size: int = PAGE_SIZE) -> Page[AuditEvent]
 
 
 def audit_actions() -> list[str]:
-    """Every action that occurs in the audit log, for the filter's choices."""
-    statement = select(AuditEvent.action).distinct().order_by(AuditEvent.action)
+    """Every action that occurs in the audit log, for the filter's choices: skipped through
+    ``ix_audit_events_action_occurred_at``, a few probes per action however long the log."""
+    actions = distinct_values(AuditEvent.action)
+    statement = (select(actions.c.value).where(actions.c.value.is_not(None))
+                 .order_by(actions.c.value))
     return list(db.session.scalars(statement))
 
 

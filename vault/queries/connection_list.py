@@ -8,18 +8,16 @@ provider and the health narrow the list, else it is counted up to the cap ("10,0
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, not_, or_, select, union
+from sqlalchemy import Row, and_, func, not_, or_, select, union
 
 from vault.extensions import db
-from vault.grants import StoredRows, renewable_clause
-from vault.models import Connection, ConnectionStatus, ConnectionTag, Token
+from vault.models import Connection, ConnectionStatus, ConnectionTag
 from vault.queries.connections import _SOON, NOW, PAGE_SIZE, Health, at, health_source
 from vault.queries.counts import add_counts, health_counts
 from vault.queries.keyset import AtLeast, Cursor, Key, Page, capped_count, page_of
@@ -108,27 +106,23 @@ def sort_keys(sort: str) -> list[Key]:
     return [*keys[sort], Key(Connection.id, kind=int)]
 
 
-@functools.cache
-def renewable_per_row() -> ColumnElement[bool]:
-    """Whether stored rows can renew the connection, as ``EXISTS`` lookups per connection:
-    cheap in a statement that walks an index and stops after a few rows."""
-    table = Connection.__table__
-    return renewable_clause(table, StoredRows.correlated(table, Token.__table__), now=NOW)
+def _renewable():
+    return health_source().renewable
 
 
 # Each health as a condition on the connection's own columns (its definition, _health, read
-# backwards), the renewal check as EXISTS lookups per row: exactly the health expression's
-# answer, in a form the planner takes to an index, walking the sort's order and stopping
-# after a page instead of joining and sorting every connection.
+# backwards, renewal included, from the copies on the connection): exactly the health
+# expression's answer, in a form the planner takes to an index, walking the sort's order
+# and stopping after a page instead of computing every connection's health.
 _HEALTH_CONDITIONS = {
     Health.ACTIVE: lambda: and_(_usable(), or_(Connection.expires_at > _SOON,
                                                Connection.expires_at.is_(None))),
     Health.EXPIRING: lambda: and_(_usable(), Connection.expires_at > NOW,
                                   Connection.expires_at <= _SOON),
-    Health.REFRESHABLE: lambda: and_(_usable(), Connection.expires_at <= NOW, renewable_per_row()),
+    Health.REFRESHABLE: lambda: and_(_usable(), Connection.expires_at <= NOW, _renewable()),
     Health.NEEDS_RECONNECT: lambda: or_(
         Connection.status == ConnectionStatus.NEEDS_RECONNECT.value,
-        and_(_usable(), Connection.expires_at <= NOW, not_(renewable_per_row())),
+        and_(_usable(), Connection.expires_at <= NOW, not_(_renewable())),
     ),
     Health.ERROR: lambda: or_(
         Connection.status == ConnectionStatus.ERROR.value,
@@ -184,7 +178,20 @@ def list_total(filters: ConnectionFilters, now: datetime | None = None) -> int:
     with db.session.no_autoflush:
         if filters.search:
             return _search_total(filters, statement, now)
+        if filters.tag:
+            return capped_count(_tagged(filters), at(now))
         return capped_count(statement.where(*list_conditions(filters)), at(now))
+
+
+def _tagged(filters: ConnectionFilters):
+    """The connections carrying the filters' tag, read from the tag's range of the
+    ``connection_tags (tag, connection_id)`` index (index only when the tag is the sole
+    filter), each joined to its connection only to check the other filters."""
+    statement = select(ConnectionTag.connection_id).where(ConnectionTag.tag == filters.tag)
+    others = list_conditions(replace(filters, tag=None))
+    if others:
+        statement = statement.join(Connection, Connection.id == ConnectionTag.connection_id)
+    return statement.where(*others)
 
 
 def _search_total(filters: ConnectionFilters, statement, now: datetime | None) -> int:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, bindparam, case, or_, select
+from sqlalchemy import bindparam, case, or_, select
 
 from vault.extensions import db
 from vault.grants import GrantProviders, StoredRows, renewable_clause
@@ -29,8 +29,6 @@ from vault.models import (
     Connection,
     ConnectionStatus,
     ConnectionTag,
-    Token,
-    TokenKind,
     UTCDateTime,
     utcnow,
 )
@@ -83,46 +81,31 @@ def at(now: datetime | None) -> dict:
 
 @functools.cache
 def health_source() -> _Source:
-    """The joined connections and their health expression (built once, on first use)."""
+    """The connections and their health expression (built once, on first use)."""
     return _Source()
 
 
 class _Source:
-    """``connections`` outer-joined to its access, refresh, API key and API secret rows.
+    """``connections`` and the health expression over its own columns.
 
-    Each join matches at most one row, (connection_id, kind) being unique, so the joined
-    rows are exactly the connections. Joins, not correlated subqueries: PostgreSQL hashes
-    each kind once, and the plan stays cheap enough not to trigger its JIT compiler. The
-    "expiry" shown is the access token's, or the API key's for providers whose pasted key
-    expires (WhatsApp system-user tokens): ``connections.expires_at``. The time comes in as
-    the bound parameters ``now`` and ``soon`` (:func:`at`), so the expressions are built
-    once per process.
+    No join to ``tokens``: what the health reads of a connection's token rows (the expiry
+    the pages show, the access token's or else the API key's; whether stored rows can renew
+    it) is copied onto the connection by the triggers on ``tokens``
+    (:data:`vault.count_triggers.TOKEN_COPIES`), in the transaction that changes the rows.
+    So every list, count and health statement reads one table through its indexes, and its
+    cost does not grow with a lookup per connection. The time comes in as the bound
+    parameters ``now`` and ``soon`` (:func:`at`), so the expressions are built once per
+    process.
     """
 
-    def __init__(self):
+    def __init__(self, stored: StoredRows | None = None):
+        # ``stored``: how the renewal check sees the token rows; the copies on the
+        # connection, unless a test asks for the rows themselves to hold the copies to.
         table = Connection.__table__
-        self.access, self.refresh, self.api_key, self.api_secret = (
-            Token.__table__.alias(kind) for kind in ("access", "refresh", "api_key", "api_secret")
-        )
-        joined = table
-        for alias in (self.access, self.refresh, self.api_key, self.api_secret):
-            joined = joined.outerjoin(
-                alias, and_(alias.c.connection_id == table.c.id, alias.c.kind == alias.name)
-            )
-        self.from_ = joined
-        # The access token's expiry, else the API key's: copied onto the connection by the
-        # triggers on tokens (vault/count_triggers.py), so lists sort through an index.
+        self.from_ = table
         self.expires_at = Connection.expires_at
-        self.renewable = self._renewable()
+        self.renewable = renewable_clause(table, stored or StoredRows.copied(table), now=NOW)
         self.health = self._health()
-
-    def _renewable(self):
-        stored = StoredRows.joined({
-            TokenKind.REFRESH: self.refresh,
-            TokenKind.API_KEY: self.api_key,
-            TokenKind.API_SECRET: self.api_secret,
-        }, fallback=StoredRows.correlated(Connection.__table__, Token.__table__))
-        return renewable_clause(Connection.__table__, stored, now=NOW)
 
     def _health(self):
         status = Connection.status
@@ -161,7 +144,7 @@ class _Source:
             Connection.reconnect_reason,
             Connection.owner_email,
             self.expires_at.label("expires_at"),
-            self.refresh.c.expires_at.label("refresh_expires_at"),
+            Connection.refresh_token_expires_at.label("refresh_expires_at"),
             self.renewable.label("renewable"),
             self.health.label("health"),
         ).select_from(self.from_)

@@ -21,7 +21,7 @@ from vault.models import (
     utcnow,
 )
 from vault.queries.connections import _SOON, NOW, Health, at, health_source
-from vault.queries.keyset import TOTAL_CAP, AtLeast
+from vault.queries.keyset import TOTAL_CAP, AtLeast, distinct_values
 
 ATTENTION = (Health.EXPIRING, Health.NEEDS_RECONNECT, Health.ERROR)
 
@@ -105,20 +105,14 @@ def key_id_counts() -> list[tuple[str, int]]:
 
 @functools.cache
 def _key_ids_statement():
-    # A loose index scan: the smallest key id, then the next one above it, and so on.
     tokens = Token.__table__
-    first = select(func.min(tokens.c.key_id).label("key_id")).cte("key_ids", recursive=True)
-    following = select(
-        select(func.min(tokens.c.key_id)).where(tokens.c.key_id > first.c.key_id)
-        .scalar_subquery()
-    ).where(first.c.key_id.is_not(None))
-    key_ids = first.union_all(following)
+    key_ids = distinct_values(tokens.c.key_id)
     capped = (
-        select(literal(1)).select_from(tokens).where(tokens.c.key_id == key_ids.c.key_id)
+        select(literal(1)).select_from(tokens).where(tokens.c.key_id == key_ids.c.value)
         .correlate(key_ids).limit(bindparam("cap")).subquery()
     )
     number = select(func.count()).select_from(capped).scalar_subquery()
-    return select(key_ids.c.key_id, number).where(key_ids.c.key_id.is_not(None))
+    return select(key_ids.c.value, number).where(key_ids.c.value.is_not(None))
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,19 @@ class Page(Generic[T]):
         return self.before == 0
 
 
+def distinct_values(column) -> Any:
+    """The recursive CTE of ``column``'s distinct values, smallest first, found by skipping
+    through an index on it (a loose index scan): the smallest value, then the next one above
+    it, and so on, a few index probes per value instead of reading every row. Its column is
+    ``value``; the last row is a NULL, which a statement using it filters out."""
+    first = select(func.min(column).label("value")).cte(
+        f"distinct_{column.name}", recursive=True)
+    following = select(
+        select(func.min(column)).where(column > first.c.value).scalar_subquery()
+    ).where(first.c.value.is_not(None))
+    return first.union_all(following)
+
+
 def capped_count(statement, params: dict | None = None) -> int:
     """How many rows ``statement`` selects, up to :data:`TOTAL_CAP`; past it an
     :class:`AtLeast` (reads at most that many rows)."""
