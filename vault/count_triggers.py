@@ -35,7 +35,7 @@ _KEY_MOVED = """
 # however many connections it moves (a bulk INSERT of 100,000 rows updates a handful of
 # rows once, not one row 100,000 times), taken in key order so that two transactions moving
 # connections in opposite directions wait for each other instead of deadlocking.
-POSTGRESQL: tuple[str, ...] = (
+_COUNTS_POSTGRESQL = (
     f"""
     CREATE OR REPLACE FUNCTION connection_counts_move() RETURNS trigger
     LANGUAGE plpgsql AS $$
@@ -118,7 +118,7 @@ _TOKEN_MOVED = """
     WHERE (o.expires_at, o.is_valid, o.kind, o.connection_id) IS DISTINCT FROM
           (n.expires_at, n.is_valid, n.kind, n.connection_id)
 """
-POSTGRESQL += (
+_COPIES_POSTGRESQL = (
     f"""
     CREATE OR REPLACE FUNCTION connection_tokens_copy() RETURNS trigger
     LANGUAGE plpgsql AS $$
@@ -168,7 +168,7 @@ _SQLITE_REMOVE = """
     UPDATE connection_counts SET count = count - 1
     WHERE provider = OLD.provider AND status = OLD.status AND failing = (OLD.failure_count > 0);
 """
-SQLITE = (
+_COUNTS_SQLITE = (
     f"CREATE TRIGGER connection_counts_insert AFTER INSERT ON connections BEGIN {_SQLITE_ADD} END",
     f"CREATE TRIGGER connection_counts_delete AFTER DELETE ON connections "
     f"BEGIN {_SQLITE_REMOVE} END",
@@ -179,6 +179,8 @@ SQLITE = (
          OR (OLD.failure_count > 0) IS NOT (NEW.failure_count > 0)
     BEGIN {_SQLITE_REMOVE} {_SQLITE_ADD} END
     """,
+)
+_COPIES_SQLITE = (
     f"CREATE TRIGGER connection_tokens_insert AFTER INSERT ON tokens "
     f"BEGIN {_COPY_ROW.format(row='NEW')} END",
     f"CREATE TRIGGER connection_tokens_delete AFTER DELETE ON tokens "
@@ -193,8 +195,19 @@ SQLITE = (
 )
 
 
+# The statements by the table whose triggers they are, for each dialect.
+POSTGRESQL = {"connections": _COUNTS_POSTGRESQL, "tokens": _COPIES_POSTGRESQL}
+SQLITE = {"connections": _COUNTS_SQLITE, "tokens": _COPIES_SQLITE}
+
+
 def attach(metadata: MetaData) -> None:
-    """Create the triggers after ``metadata.create_all`` has created the tables."""
-    for dialect, statements in (("postgresql", POSTGRESQL), ("sqlite", SQLITE)):
-        for statement in statements:
-            event.listen(metadata, "after_create", DDL(statement).execute_if(dialect=dialect))
+    """Create each table's triggers right after ``create_all`` has created that table.
+
+    On the table, not the whole metadata: a ``create_all`` over tables that are already
+    there (a second app on the same database) creates nothing, triggers included.
+    """
+    for dialect, by_table in (("postgresql", POSTGRESQL), ("sqlite", SQLITE)):
+        for table, statements in by_table.items():
+            for statement in statements:
+                event.listen(metadata.tables[table], "after_create",
+                             DDL(statement).execute_if(dialect=dialect))
