@@ -24,6 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from tests.support.databases import temporary_database
 from vault import create_app
 from vault.extensions import db as _db
+from vault.services import handout
 
 TEST_ENCRYPTION_SECRET = "test-encryption-secret-0123456789abcdef"
 TEST_SECRET_KEY = "test-session-secret-key-0123456789abcdef"
@@ -157,6 +158,7 @@ def app(app_config):
         _db.session.remove()
         _db.drop_all()
         _db.engine.dispose()
+        handout.dispose(application)
 
 
 @pytest.fixture
@@ -179,6 +181,7 @@ def make_app(app_config):
         with application.app_context():
             _db.session.remove()
             _db.engine.dispose()
+        handout.dispose(application)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from flask import current_app
 from sqlalchemy import event, select, update
 
 from tests.support.refresh_fixtures import (
@@ -52,7 +53,8 @@ def get(client, connection_id, key, request_id="req-1"):
 
 @contextmanager
 def statements() -> Iterator[list[tuple[str, bool]]]:
-    """Every statement sent to the database meanwhile, with whether it ran in autocommit."""
+    """Every statement sent to the database meanwhile, on any of the app's engines, with
+    whether it ran in autocommit."""
     sent: list[tuple[str, bool]] = []
 
     def spot(conn, cursor, statement, parameters, context, executemany):
@@ -60,11 +62,19 @@ def statements() -> Iterator[list[tuple[str, bool]]]:
         autocommit = getattr(driver, "autocommit", None)  # psycopg; None on sqlite3
         sent.append((statement, bool(autocommit)))
 
-    event.listen(_db.engine, "before_cursor_execute", spot)
+    engines = [_db.engine, *filter(None, [current_app.extensions.get(handout.ENGINE)])]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", spot)
     try:
         yield sent
     finally:
-        event.remove(_db.engine, "before_cursor_execute", spot)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", spot)
+
+
+def synchronous_commit(engine) -> str:
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("SHOW synchronous_commit").scalar_one()
 
 
 def handed_out_rows() -> list[tuple]:
@@ -90,6 +100,43 @@ def test_a_fresh_token_costs_one_statement_in_autocommit(vault_app, db, client, 
     assert len(sent) == 1, [statement for statement, _ in sent]
     statement, autocommit = sent[0]
     assert statement.lstrip().startswith("WITH") and autocommit  # no BEGIN, no COMMIT
+    assert len(handed_out_rows()) == 2
+
+
+@postgresql_only
+def test_the_hand_out_alone_does_not_wait_for_the_disk(vault_app, db, client, stub):
+    # VAULT_HANDOUT_COMMIT=async (the default): the one statement runs on the hand-out
+    # engine, whose commits do not wait for a disk flush; every other write stays durable.
+    handout_engine = vault_app.extensions[handout.ENGINE]
+    assert synchronous_commit(handout_engine) == "off"
+    assert synchronous_commit(db.engine) == "on"
+    connection_id = make_connection(stub, expires_in=3600)
+    key = new_key(db)
+    assert get(client, connection_id, key).status_code == 200
+    on_handout_engine: list[str] = []
+    event.listen(handout_engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: on_handout_engine.append(statement))
+    assert get(client, connection_id, key).status_code == 200
+    assert len(on_handout_engine) == 1 and on_handout_engine[0].lstrip().startswith("WITH")
+    assert len(handed_out_rows()) == 2
+
+
+@pytest.fixture
+def durable_handouts(app_config):
+    app_config["VAULT_HANDOUT_COMMIT"] = "durable"
+
+
+@postgresql_only
+def test_a_durable_hand_out_runs_on_the_session_and_waits_for_the_disk(durable_handouts,
+                                                                      vault_app, db, client,
+                                                                      stub):
+    assert handout.ENGINE not in vault_app.extensions
+    connection_id = make_connection(stub, expires_in=3600)
+    key = new_key(db)
+    assert get(client, connection_id, key).status_code == 200
+    with statements() as sent:
+        assert get(client, connection_id, key).status_code == 200
+    assert len(sent) == 1 and sent[0][0].lstrip().startswith("WITH") and sent[0][1]
     assert len(handed_out_rows()) == 2
 
 

@@ -71,10 +71,12 @@ def register_extensions(app: Flask) -> None:
     """Bind the extensions and services to this app."""
     from vault.database import configure_engine
     from vault.extensions import csrf, db, limiter, login_manager, migrate
+    from vault.services import handout
     from vault.tokens.store import token_vault
 
     db.init_app(app)
     configure_engine(app)
+    handout.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(PROJECT_ROOT, "migrations"))
     csrf.init_app(app)
     login_manager.init_app(app)

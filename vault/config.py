@@ -43,6 +43,10 @@ LOG_FORMATS = ("text", "json")
 # VAULT_AUDIT_HANDOUTS' choices: an audit row per token handed out, or one per key, connection
 # and hour with a count.
 HANDOUT_AUDIT_MODES = ("each", "hourly")
+# VAULT_HANDOUT_COMMIT's choices: whether the token API's one-statement hand-out (its audit
+# row) waits for the database's disk before answering ("durable"), or not ("async";
+# vault.services.handout).
+HANDOUT_COMMIT_MODES = ("async", "durable")
 # Host names answered besides VAULT_BASE_URL's, so health probes and a shell on the host
 # itself (curl http://127.0.0.1:5000/healthz) keep working.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
@@ -82,6 +86,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "VAULT_CHECK_INTERVAL_HOURS": 24,
     "VAULT_AUDIT_RETENTION_DAYS": 400,
     "VAULT_AUDIT_HANDOUTS": "each",  # or "hourly"
+    "VAULT_HANDOUT_COMMIT": "async",  # or "durable"
     "VAULT_LOG_FORMAT": "text",  # or "json": one JSON object per line
     "VAULT_METRICS_TOKEN": None,  # unset: /metrics answers loopback only
 })
@@ -165,6 +170,9 @@ def load_config(
         "VAULT_AUDIT_RETENTION_DAYS": integer("VAULT_AUDIT_RETENTION_DAYS", 1),
         "VAULT_AUDIT_HANDOUTS": _choice(
             setting("VAULT_AUDIT_HANDOUTS"), "VAULT_AUDIT_HANDOUTS", HANDOUT_AUDIT_MODES
+        ),
+        "VAULT_HANDOUT_COMMIT": _choice(
+            setting("VAULT_HANDOUT_COMMIT"), "VAULT_HANDOUT_COMMIT", HANDOUT_COMMIT_MODES
         ),
         "VAULT_LOG_FORMAT": _choice(
             setting("VAULT_LOG_FORMAT"), "VAULT_LOG_FORMAT", LOG_FORMATS

@@ -55,26 +55,25 @@ def authenticate_service_key() -> Response | None:
     """Let through only requests that carry a live service key (the spec is public)."""
     if request.endpoint in OPEN_ENDPOINTS:
         return None
-    if not db.session().in_transaction():
-        # Every API request only reads, but for single-statement writes (the audit row of a
-        # token handed out, the key's last use), which need no transaction around them. In
-        # autocommit a fresh token costs one statement on PostgreSQL (vault.services.handout)
-        # or, the long way, a few (key, token, audit row, consumer), and no BEGIN or COMMIT
-        # round trips. A refresh leaves this connection for a transaction
-        # of its own (_refreshed_token); so does the key's once-a-minute last-use commit,
-        # after which the request simply goes on in an ordinary transaction.
-        db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     bearer = presented.strip() if scheme.lower() == "bearer" else None
     if request.endpoint == "api.access_token" and not request.args:
         # A fresh token in one statement (PostgreSQL, a key this process knows): key check,
-        # token row, audit row together. None: the long way below, unchanged.
+        # token row, audit row together, in autocommit. None: the long way below, unchanged.
         try:
             handed = handout.hand_out_at_once(bearer, (request.view_args or {})["connection_id"])
         except DecryptionError:
             handed = None  # the long way answers it as always: 500 undecryptable, logged
         if handed is not None:
             return _handed_out(*handed)
+    if not db.session().in_transaction():
+        # Every API request only reads, but for single-statement writes (the audit row of a
+        # token handed out, the key's last use), which need no transaction around them. In
+        # autocommit the long way costs a few statements (key, token, audit row, consumer)
+        # and no BEGIN or COMMIT round trips. A refresh leaves this connection for a
+        # transaction of its own (_refreshed_token); so does the key's once-a-minute last-use
+        # commit, after which the request simply goes on in an ordinary transaction.
+        db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     # A valid key is never slowed down: the throttle is consulted for failures only.
     key = service_keys.authenticate(bearer)
     if key is None:
