@@ -27,6 +27,7 @@ from tests.browser.fixtures import LiveServer, unavailable
 from tests.e2e.provider_settings import ProviderSettings
 from vault import create_app
 from vault.extensions import db
+from vault.services import handout
 
 PROVIDER_DIR = Path(__file__).parent / "oidc_provider"
 _MARKER = "/__e2e-log-marker__/"  # a path the provider does not serve (see settle)
@@ -56,6 +57,7 @@ def live_server(app_config, app_port):
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
+    handout.dispose(application)
 
 
 class NodeOIDCProvider:

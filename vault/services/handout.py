@@ -15,6 +15,7 @@ active or whose token needs a refresh, a provider no longer configured, SQLite.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -67,8 +68,12 @@ def init_app(app: Flask) -> None:
     """
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     if app.config["VAULT_HANDOUT_COMMIT"] == "async" and url.startswith("postgresql"):
-        app.extensions[ENGINE] = create_engine(
+        engine = create_engine(
             url, pool_pre_ping=True, connect_args={"options": "-c synchronous_commit=off"})
+        app.extensions[ENGINE] = engine
+        # The engine lives as long as the app: its pooled connections are closed when the
+        # app goes away, even by code that never calls dispose().
+        weakref.finalize(app, engine.dispose)
 
 
 def dispose(app: Flask) -> None:
