@@ -23,7 +23,7 @@ from vault.tokens.store import token_vault
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-HANDOUTS, PARALLEL = 40, 8
+HANDOUTS, PARALLEL, MAX_ROUNDS = 40, 8, 10
 PROVIDERS = """
 [acme]
 type = "oauth2"
@@ -86,8 +86,15 @@ def test_a_scrape_sums_the_hand_outs_of_both_workers(served):
             return requests.get(url, headers={"Authorization": f"Bearer {key}",
                                               "Connection": "close"}, timeout=30)
 
-        with ThreadPoolExecutor(PARALLEL) as pool:
-            answers = list(pool.map(hand_out, range(HANDOUTS)))
+        # Which worker accepts a connection is the kernel's choice: quick answers can all land
+        # on one. Hand out in rounds until both have served some (almost always the first).
+        answers: list[requests.Response] = []
+        multiproc = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        for _ in range(MAX_ROUNDS):
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                answers += pool.map(hand_out, range(HANDOUTS))
+            if len([n for n in handouts_by_worker(multiproc).values() if n > 0]) == 2:
+                break
         scrapes = [requests.get(f"{instance.url}/metrics", timeout=30,
                                 headers={"Connection": "close"}) for _ in range(4)]
         refused = requests.get(f"{instance.url}/metrics", timeout=30,
@@ -95,18 +102,18 @@ def test_a_scrape_sums_the_hand_outs_of_both_workers(served):
     finally:
         instance.stop()
 
-    assert [a.status_code for a in answers] == [200] * HANDOUTS
-    assert len({a.headers["X-Request-ID"] for a in answers}) == HANDOUTS
+    assert [a.status_code for a in answers] == [200] * len(answers)
+    assert len({a.headers["X-Request-ID"] for a in answers}) == len(answers)
     per_worker = handouts_by_worker(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
     assert len([count for count in per_worker.values() if count > 0]) == 2, per_worker
-    assert sum(per_worker.values()) == HANDOUTS
+    assert sum(per_worker.values()) == len(answers)
     for scrape in scrapes:  # whichever worker answered, it reports both workers' counts
         assert scrape.status_code == 200
         [handouts] = [sample.value
                       for family in text_string_to_metric_families(scrape.text)
                       for sample in family.samples
                       if sample.name == "token_vault_handouts_total"]
-        assert handouts == HANDOUTS
+        assert handouts == len(answers)
         assert "at-gunicorn-access-token" not in scrape.text and key not in scrape.text
         assert 'token_vault_connections{provider="acme",status="active"} 1.0' in scrape.text
     assert refused.status_code == 404
