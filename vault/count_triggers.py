@@ -35,7 +35,25 @@ _KEY_MOVED = """
 # however many connections it moves (a bulk INSERT of 100,000 rows updates a handful of
 # rows once, not one row 100,000 times), taken in key order so that two transactions moving
 # connections in opposite directions wait for each other instead of deadlocking.
-_COUNTS_POSTGRESQL = (
+# The transition tables each statement trigger reads.
+_TRANSITIONS = {
+    "insert": "NEW TABLE AS new_rows",
+    "update": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+    "delete": "OLD TABLE AS old_rows",
+}
+
+
+def _statement_triggers(name: str, table: str, function: str) -> tuple[str, ...]:
+    """``<name>_insert``, ``_update`` and ``_delete``: statement triggers on ``table`` that
+    run ``function`` over the statement's transition tables."""
+    return tuple(
+        f"CREATE TRIGGER {name}_{event} AFTER {event.upper()} ON {table} "
+        f"REFERENCING {transitions} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        for event, transitions in _TRANSITIONS.items()
+    )
+
+
+_COUNTS_POSTGRESQL: tuple[str, ...] = (
     f"""
     CREATE OR REPLACE FUNCTION connection_counts_move() RETURNS trigger
     LANGUAGE plpgsql AS $$
@@ -66,22 +84,9 @@ _COUNTS_POSTGRESQL = (
     END
     $$
     """,
-    """
-    CREATE TRIGGER connection_counts_insert AFTER INSERT ON connections
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_counts_move()
-    """,
-    """
-    CREATE TRIGGER connection_counts_update AFTER UPDATE ON connections
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_counts_move()
-    """,
-    """
-    CREATE TRIGGER connection_counts_delete AFTER DELETE ON connections
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_counts_move()
-    """,
 )
+_COUNTS_POSTGRESQL += _statement_triggers("connection_counts", "connections",
+                                          "connection_counts_move")
 
 # What a connection's token rows say about it, copied onto the connection row (each value an
 # expression on the token rows of the connection ``{connection}``): the expiry the pages
@@ -118,7 +123,7 @@ _TOKEN_MOVED = """
     WHERE (o.expires_at, o.is_valid, o.kind, o.connection_id) IS DISTINCT FROM
           (n.expires_at, n.is_valid, n.kind, n.connection_id)
 """
-_COPIES_POSTGRESQL = (
+_COPIES_POSTGRESQL: tuple[str, ...] = (
     f"""
     CREATE OR REPLACE FUNCTION connection_tokens_copy() RETURNS trigger
     LANGUAGE plpgsql AS $$
@@ -135,22 +140,9 @@ _COPIES_POSTGRESQL = (
     END
     $$
     """,
-    """
-    CREATE TRIGGER connection_tokens_insert AFTER INSERT ON tokens
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_tokens_copy()
-    """,
-    """
-    CREATE TRIGGER connection_tokens_update AFTER UPDATE ON tokens
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_tokens_copy()
-    """,
-    """
-    CREATE TRIGGER connection_tokens_delete AFTER DELETE ON tokens
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_tokens_copy()
-    """,
 )
+_COPIES_POSTGRESQL += _statement_triggers("connection_tokens", "tokens",
+                                          "connection_tokens_copy")
 
 # SQLite: row triggers (one writer at a time, and no row versions to pile up).
 _COPY_ROW = f"""
