@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.support.builders import DEFAULT_PASSWORD, csrf_token, login
+from tests.support.builders import ACME_PROVIDER, DEFAULT_PASSWORD, csrf_token, login
 from tests.support.refresh_fixtures import both_backends
 from vault import PROJECT_ROOT, devenv
 from vault.extensions import db
@@ -22,15 +22,7 @@ from vault.oauth.clients import connect_client
 
 pytestmark = pytest.mark.shared_postgres_database
 SESSION_COOKIE = "__Host-session"
-PROVIDERS = """
-[acme]
-title = "Acme"
-type = "oauth2"
-client_id = "c"
-client_secret = "s"
-authorize_url = "https://acme.example/authorize"
-token_url = "https://acme.example/token"
-
+PROVIDERS = ACME_PROVIDER + """
 [idp]
 type = "oidc"
 server_metadata_url = "https://idp.example/.well-known/openid-configuration"

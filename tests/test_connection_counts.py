@@ -19,33 +19,17 @@ from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
-from tests.support.builders import make_user
+from tests.support.builders import ACME_PROVIDER, make_user, oauth2_provider
 from vault.extensions import db
-from vault.models import Connection, ConnectionCount, ConnectionStatus, Token, User, utcnow
 from vault.grants import StoredRows
+from vault.models import Connection, ConnectionCount, ConnectionStatus, Token, User, utcnow
 from vault.queries.connections import _Source, at
 from vault.queries.counts import COUNT_CAP, health_counts
 from vault.queries.keyset import AtLeast, AtMost
 from vault.services.connections import Account, disconnect, record_grant
 from vault.tokens.store import token_vault
 
-PROVIDERS = """
-[acme]
-title = "Acme"
-type = "oauth2"
-client_id = "c"
-client_secret = "s"
-authorize_url = "https://acme.example/authorize"
-token_url = "https://acme.example/token"
-
-[zeta]
-title = "Zeta"
-type = "oauth2"
-client_id = "c"
-client_secret = "s"
-authorize_url = "https://zeta.example/authorize"
-token_url = "https://zeta.example/token"
-"""
+PROVIDERS = ACME_PROVIDER + "\n" + oauth2_provider("zeta", "Zeta")
 both_backends = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from tests.support.builders import post_form
+from tests.support.builders import ACME_PROVIDER, post_form
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, Token, utcnow
 from vault.queries.connections import Health
@@ -21,15 +21,7 @@ from vault.tokens.store import token_vault
 from vault.web.filters import format_relative
 
 HOUR = 3600
-PROVIDERS = """
-[acme]
-title = "Acme"
-type = "oauth2"
-client_id = "c"
-client_secret = "s"
-authorize_url = "https://acme.example/authorize"
-token_url = "https://acme.example/token"
-
+PROVIDERS = ACME_PROVIDER + """
 [voicenter]
 preset = "voicenter"
 

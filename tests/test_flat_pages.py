@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from tests.support.builders import ACME_PROVIDER
 from vault.extensions import db
 from vault.models import Connection, ConnectionTag, Token, utcnow
 from vault.queries.connection_list import ConnectionFilters, list_connections
@@ -20,15 +21,7 @@ from vault.tokens.store import token_vault
 from vault.web.chart import expiry_chart
 from vault.web.filters import format_thousands
 
-PROVIDERS = """
-[acme]
-title = "Acme"
-type = "oauth2"
-client_id = "c"
-client_secret = "s"
-authorize_url = "https://acme.example/authorize"
-token_url = "https://acme.example/token"
-"""
+PROVIDERS = ACME_PROVIDER
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from tests.support.builders import ACME_PROVIDER
 from vault.extensions import db
 from vault.models import AuditEvent, Connection, ConnectionTag, utcnow
 from vault.queries.audit import AuditFilters, list_audit
@@ -16,15 +17,7 @@ from vault.queries.connection_list import SORTS, ConnectionFilters, list_connect
 from vault.queries.keyset import AtLeast, Cursor
 from vault.tokens.store import token_vault
 
-PROVIDERS = """
-[acme]
-title = "Acme"
-type = "oauth2"
-client_id = "c"
-client_secret = "s"
-authorize_url = "https://acme.example/authorize"
-token_url = "https://acme.example/token"
-"""
+PROVIDERS = ACME_PROVIDER
 
 
 @pytest.fixture

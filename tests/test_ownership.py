@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.support.builders import csrf_token
+from tests.support.builders import ACME_PROVIDER, csrf_token
 from vault.extensions import db
 from vault.models import (
     AuditEvent,
@@ -26,15 +26,7 @@ from vault.services import ownership
 from vault.services.ownership import OwnershipError
 from vault.services.service_keys import create_key, record_consumer
 
-PROVIDERS = """
-[acme]
-title = "Acme"
-type = "oauth2"
-client_id = "c"
-client_secret = "s"
-authorize_url = "https://acme.example/authorize"
-token_url = "https://acme.example/token"
-
+PROVIDERS = ACME_PROVIDER + """
 [voicenter]
 preset = "voicenter"
 """

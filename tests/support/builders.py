@@ -16,6 +16,17 @@ from vault.models import User
 from vault.services import accounts
 
 DEFAULT_PASSWORD = "Correct-Horse-Battery-42"
+
+
+def oauth2_provider(key: str, title: str) -> str:
+    """A providers-file table for a plain OAuth 2 provider at ``https://<key>.example``."""
+    return (f'[{key}]\ntitle = "{title}"\ntype = "oauth2"\nclient_id = "c"\n'
+            f'client_secret = "s"\nauthorize_url = "https://{key}.example/authorize"\n'
+            f'token_url = "https://{key}.example/token"\n')
+
+
+# The providers file most tests start from: one OAuth 2 provider, "acme".
+ACME_PROVIDER = oauth2_provider("acme", "Acme")
 _CSRF_INPUT = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 
 
